@@ -1,0 +1,88 @@
+"""Reading a deployable's environment (django-environ), in one place per project.
+
+Each project reads plain names (``DATABASE_URL``, ``SECRET_KEY`` …), as a container gets them, but a
+project-prefixed name wins when both are set (``SLM_DATABASE_URL`` over ``DATABASE_URL``). That lets
+one shell or one ``.env`` run both deployables side by side (``make run``) without either reading the
+other's database.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+
+class ProjectEnv(environ.Env):
+    def __init__(self, prefix: str, **scheme: Any) -> None:
+        super().__init__(**scheme)
+        self.project_prefix = prefix
+
+    def names_for(self, var: str) -> str:
+        """How an error message names a variable: ``SLM_SECRET_KEY (or SECRET_KEY)``."""
+        return f"{self.project_prefix}{var} (or {var})"
+
+    def get_value(self, var, cast=None, default=environ.Env.NOTSET, parse_default=False):  # noqa: ANN001 - django-environ's signature
+        prefixed = f"{self.project_prefix}{var}"
+        if prefixed in self.ENVIRON:
+            var = prefixed
+        try:
+            return super().get_value(var, cast=cast, default=default, parse_default=parse_default)
+        except ImproperlyConfigured as exc:
+            raise ImproperlyConfigured(f"{exc} — set {self.names_for(var.removeprefix(self.project_prefix))}") from exc
+        except (ValueError, TypeError) as exc:
+            raise ImproperlyConfigured(f"{self.names_for(var.removeprefix(self.project_prefix))} is malformed: {exc}") from exc
+
+    def is_set(self, var: str) -> bool:
+        return bool(self.ENVIRON.get(f"{self.project_prefix}{var}") or self.ENVIRON.get(var))
+
+    def require(self, *variables: str) -> None:
+        """Fail start-up, naming every missing variable at once."""
+        missing = [self.names_for(var) for var in variables if not self.is_set(var)]
+        if missing:
+            raise ImproperlyConfigured("Required environment variables are not set: " + ", ".join(missing))
+
+    def database(self, var: str = "DATABASE_URL", *, default: str) -> dict[str, Any]:
+        url = self.str(var, default=default)
+        try:
+            config = environ.Env.db_url_config(url)
+        except Exception as exc:  # django-environ raises several types for a bad URL
+            raise ImproperlyConfigured(f"{self.names_for(var)} is not a database URL: {exc}") from None
+        if not config.get("ENGINE"):
+            raise ImproperlyConfigured(f"{self.names_for(var)} names an unknown database scheme")
+        return config
+
+    def read_env_file(self, path: Path) -> None:
+        """Load ``path`` (a ``.env`` file) when it exists; real environment variables win over it."""
+        if path.is_file():
+            environ.Env.read_env(str(path), overwrite=False)
+
+
+def persistent_secret_key(path: Path) -> str:
+    """A secret key made once per installation and kept in a 0600 file.
+
+    Used only when no ``SECRET_KEY`` is configured (the single-machine ``make run``); production
+    settings require the variable instead.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    key = secrets.token_urlsafe(50)
+    staging = path.with_suffix(f".{os.getpid()}.tmp")
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
+    try:
+        # link() fails if another process got there first; then its key is the key.
+        os.link(staging, path)
+    except FileExistsError:
+        key = path.read_text().strip()
+    finally:
+        staging.unlink()
+    return key

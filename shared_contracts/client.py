@@ -1,0 +1,186 @@
+"""``SlmClient``: the only way anything outside the SLM talks to it.
+
+One ``requests.Session`` per client (connection reuse), a scoped bearer token, separate connect and read
+timeouts, retries with exponential backoff for idempotent requests only (urllib3 ``Retry``: a POST is
+never re-sent after it may have reached the server; a refused *connection* is retried for any method,
+because then nothing was sent), the contract-version header on every request, HTTP errors mapped to
+``shared_contracts.errors`` and every answer validated against ``shared_contracts.schemas``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import requests
+from pydantic import BaseModel, ValidationError
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from shared_contracts import errors, paths
+from shared_contracts.schemas.common import ErrorBody, MetaInfo
+from shared_contracts.version import (
+    CONTRACT_VERSION,
+    CONTRACT_VERSION_HEADER,
+    PACKAGE_VERSION,
+    is_compatible,
+)
+
+logger = logging.getLogger(__name__)
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+RETRY_STATUSES = frozenset({502, 503, 504})
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+class SlmClient:
+    """A typed client of the SLM REST API.
+
+    ``token`` is an API-client token with the scopes the caller needs; it is sent as a bearer token
+    and never logged or put in exception messages.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        connect_timeout: float = 3.05,
+        read_timeout: float = 10.0,
+        retries: int = 2,
+        backoff_factor: float = 0.3,
+        user_agent: str | None = None,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError("base_url must be an http(s) URL")
+        self.base_url = base_url.rstrip("/")
+        self.timeout = (connect_timeout, read_timeout)
+        self.session = requests.Session()
+        # urllib3 re-sends only methods in ``allowed_methods`` after a read error or a retryable
+        # status; a failed *connect* is retried for every method, because then nothing was sent.
+        retry = Retry(
+            total=retries,
+            connect=retries,
+            read=retries,
+            status=retries,
+            other=0,
+            backoff_factor=backoff_factor,
+            status_forcelist=RETRY_STATUSES,
+            allowed_methods=IDEMPOTENT_METHODS,
+            respect_retry_after_header=True,
+            raise_on_status=False,
+        )
+        adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=10)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers.update(
+            {
+                "Accept": "application/json",
+                CONTRACT_VERSION_HEADER: CONTRACT_VERSION,
+                "User-Agent": user_agent or f"autobot-shared-contracts/{PACKAGE_VERSION}",
+            }
+        )
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> SlmClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        # No token here: reprs end up in logs and tracebacks.
+        return f"SlmClient(base_url={self.base_url!r})"
+
+    # ----------------------------------------------------------------------------------------------
+    # Endpoints
+
+    def meta(self) -> MetaInfo:
+        """``GET /api/v1/meta``: the SLM's version and contract version."""
+        return self._request("GET", paths.META, schema=MetaInfo)
+
+    # ----------------------------------------------------------------------------------------------
+    # Plumbing
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        schema: type[ModelT],
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+    ) -> ModelT:
+        method = method.upper()
+        url = f"{self.base_url}{path}"
+        try:
+            response = self.session.request(method, url, params=params, json=json, timeout=self.timeout)
+        except requests.Timeout as exc:
+            raise errors.SlmUnavailable(f"{method} {path}: the SLM did not answer in time") from exc
+        except requests.ConnectionError as exc:
+            raise errors.SlmUnavailable(f"{method} {path}: cannot connect to the SLM") from exc
+        except requests.RequestException as exc:
+            raise errors.SlmUnavailable(f"{method} {path}: {exc.__class__.__name__}") from exc
+        return self._decode(method, path, response, schema)
+
+    def _decode(
+        self, method: str, path: str, response: requests.Response, schema: type[ModelT]
+    ) -> ModelT:
+        request_id = response.headers.get(REQUEST_ID_HEADER)
+        if response.status_code >= 400:
+            raise self._error_for(method, path, response, request_id)
+        peer_version = response.headers.get(CONTRACT_VERSION_HEADER)
+        if peer_version is None or not is_compatible(peer_version):
+            raise errors.ContractMismatch(
+                f"{method} {path}: the server speaks contract {peer_version or 'unknown'},"
+                f" this client {CONTRACT_VERSION}",
+                request_id=request_id,
+            )
+        try:
+            return schema.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise errors.ContractMismatch(
+                f"{method} {path}: the answer does not match {schema.__name__}"
+                f" ({exc.error_count()} errors)",
+                request_id=request_id,
+            ) from exc
+
+    def _error_for(
+        self, method: str, path: str, response: requests.Response, request_id: str | None
+    ) -> errors.ContractError:
+        try:
+            body = ErrorBody.model_validate_json(response.content)
+        except ValidationError:
+            body = None
+        status = response.status_code
+        message = body.message if body else f"{method} {path} answered {status}"
+        kwargs: dict[str, Any] = {
+            "status": status,
+            "request_id": (body.request_id if body else None) or request_id,
+            "fields": body.fields if body else None,
+        }
+        if body:
+            kwargs["code"] = body.code
+        if status >= 500:
+            return errors.ServerError(message, **kwargs)
+        if status == 400 and body and body.fields:
+            return errors.ValidationFailed(message, **kwargs)
+        error_class = errors.STATUS_ERRORS.get(status, errors.RequestRejected)
+        if error_class is errors.RateLimited:
+            return errors.RateLimited(message, retry_after=_retry_after(response), **kwargs)
+        return error_class(message, **kwargs)
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

@@ -1,0 +1,1 @@
+"""Typed schemas of the contract, one module per domain (``common`` now; fleet, deployments … later)."""

@@ -1,0 +1,13 @@
+"""Django REST framework and the OpenAPI schema (drf-spectacular)."""
+
+from service_kit.integrations import rest_framework_settings, spectacular_settings
+from shared_contracts.version import CONTRACT_VERSION
+
+globals().update(rest_framework_settings())
+globals().update(
+    spectacular_settings(
+        title="AutoBot SLM API",
+        description="The management layer: fleet, deployments, health and the contract the business layer uses.",
+        version=f"contract {CONTRACT_VERSION}",
+    )
+)
