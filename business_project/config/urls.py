@@ -1,0 +1,22 @@
+"""The business URL map: business features, accounts, probes and the OpenAPI schema — nothing about
+machines, fleets or deployments (the route test in tests/business holds that; those live in the SLM)."""
+
+from django.contrib import admin
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from business_project.system import views as system_views
+
+handler400 = "service_kit.errors.bad_request"
+handler403 = "service_kit.errors.permission_denied"
+handler404 = "service_kit.errors.page_not_found"
+handler500 = "service_kit.errors.server_error"
+
+urlpatterns = [
+    path("healthz", system_views.healthz, name="healthz"),
+    path("readyz", system_views.readyz, name="readyz"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    # Users and (later) providers are managed here; nothing infrastructural is registered in this admin.
+    path("admin/", admin.site.urls),
+]

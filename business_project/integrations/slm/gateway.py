@@ -1,0 +1,99 @@
+"""The business layer's only door to the SLM.
+
+It builds one ``SlmClient`` per process from settings and wraps each call the business app needs in a
+typed function that never lets an SLM outage break the business app: the last good answer is kept in
+the shared cache and reported, marked as such, when the SLM is down. Infrastructure questions go
+through here and nowhere else (import-linter enforces it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.utils import timezone
+
+from shared_contracts.client import SlmClient
+from shared_contracts.errors import ContractError
+from shared_contracts.schemas.common import MetaInfo
+
+logger = logging.getLogger(__name__)
+
+_LAST_KNOWN_TTL = 7 * 24 * 3600  # stale answers outlive an SLM outage of a week
+_client_lock = threading.Lock()
+_client: SlmClient | None = None
+
+
+def get_client() -> SlmClient:
+    """The process's client; built once so that connections to the SLM are pooled."""
+    global _client
+    with _client_lock:
+        if _client is None or _client.base_url != settings.SLM_API_URL.rstrip("/"):
+            _client = SlmClient(
+                settings.SLM_API_URL,
+                settings.SLM_API_TOKEN or None,
+                connect_timeout=settings.SLM_CONNECT_TIMEOUT,
+                read_timeout=settings.SLM_READ_TIMEOUT,
+            )
+        return _client
+
+
+@dataclass(frozen=True)
+class SlmStatus:
+    """Whether the SLM answered just now, and what it last said about itself."""
+
+    reachable: bool
+    url: str
+    latency_ms: float | None = None
+    slm_version: str | None = None
+    contract_version: str | None = None
+    error: str | None = None
+    last_seen: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+def slm_status() -> SlmStatus:
+    """Ask the SLM now (``GET /api/v1/meta``), never from cache: readiness reports must be current.
+
+    Never raises: an unreachable or incompatible SLM is a status, not an error, for the business app.
+    """
+    url = settings.SLM_API_URL
+    started = time.perf_counter()
+    try:
+        meta = get_client().meta()
+    except ContractError as exc:
+        last: dict[str, Any] | None = cache.get(_cache_key("meta:last"))
+        return SlmStatus(
+            reachable=False,
+            url=url,
+            error=exc.code,
+            slm_version=last["version"] if last else None,
+            contract_version=last["contract_version"] if last else None,
+            last_seen=last["seen_at"] if last else None,
+        )
+    latency_ms = round((time.perf_counter() - started) * 1000, 1)
+    _remember_meta(meta)
+    return SlmStatus(
+        reachable=True,
+        url=url,
+        latency_ms=latency_ms,
+        slm_version=meta.version,
+        contract_version=meta.contract_version,
+        last_seen=timezone.now().isoformat(),
+    )
+
+
+def _remember_meta(meta: MetaInfo) -> None:
+    value = {"version": meta.version, "contract_version": meta.contract_version, "seen_at": timezone.now().isoformat()}
+    cache.set(_cache_key("meta:last"), value, timeout=_LAST_KNOWN_TTL)
+
+
+def _cache_key(name: str) -> str:
+    return f"slm-gateway:{name}"
