@@ -26,16 +26,17 @@ class ProjectEnv(environ.Env):
         """How an error message names a variable: ``SLM_SECRET_KEY (or SECRET_KEY)``."""
         return f"{self.project_prefix}{var} (or {var})"
 
-    def get_value(self, var, cast=None, default=environ.Env.NOTSET, parse_default=False):  # noqa: ANN001 - django-environ's signature
+    def get_value(self, var, cast=None, default=environ.Env.NOTSET, parse_default=False):
         prefixed = f"{self.project_prefix}{var}"
+        name = self.names_for(var)
         if prefixed in self.ENVIRON:
             var = prefixed
         try:
             return super().get_value(var, cast=cast, default=default, parse_default=parse_default)
         except ImproperlyConfigured as exc:
-            raise ImproperlyConfigured(f"{exc} — set {self.names_for(var.removeprefix(self.project_prefix))}") from exc
+            raise ImproperlyConfigured(f"{exc} — set {name}") from exc
         except (ValueError, TypeError) as exc:
-            raise ImproperlyConfigured(f"{self.names_for(var.removeprefix(self.project_prefix))} is malformed: {exc}") from exc
+            raise ImproperlyConfigured(f"{name} is malformed: {exc}") from exc
 
     def is_set(self, var: str) -> bool:
         return bool(self.ENVIRON.get(f"{self.project_prefix}{var}") or self.ENVIRON.get(var))

@@ -37,9 +37,7 @@ class Conflict(ServiceError):
     default_detail = "The request conflicts with the current state."
 
 
-def error_body(
-    *, code: str, message: str, fields: Mapping[str, list[str]] | None = None
-) -> dict[str, Any]:
+def error_body(*, code: str, message: str, fields: Mapping[str, list[str]] | None = None) -> dict[str, Any]:
     return ErrorBody(
         code=code, message=message, fields=dict(fields or {}), request_id=current_request_id.get()
     ).model_dump(mode="json")

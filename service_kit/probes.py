@@ -90,9 +90,7 @@ def healthz_view():
     return healthz
 
 
-def readyz_view(
-    checks: Mapping[str, Check], info: Mapping[str, Callable[[], dict[str, Any]]] | None = None
-):
+def readyz_view(checks: Mapping[str, Check], info: Mapping[str, Callable[[], dict[str, Any]]] | None = None):
     """A view running ``checks`` (which decide the status) and ``info`` providers (which do not)."""
 
     @never_cache

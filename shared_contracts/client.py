@@ -130,9 +130,7 @@ class SlmClient:
             raise errors.SlmUnavailable(f"{method} {path}: {exc.__class__.__name__}") from exc
         return self._decode(method, path, response, schema)
 
-    def _decode(
-        self, method: str, path: str, response: requests.Response, schema: type[ModelT]
-    ) -> ModelT:
+    def _decode(self, method: str, path: str, response: requests.Response, schema: type[ModelT]) -> ModelT:
         request_id = response.headers.get(REQUEST_ID_HEADER)
         if response.status_code >= 400:
             raise self._error_for(method, path, response, request_id)
@@ -147,8 +145,7 @@ class SlmClient:
             return schema.model_validate_json(response.content)
         except ValidationError as exc:
             raise errors.ContractMismatch(
-                f"{method} {path}: the answer does not match {schema.__name__}"
-                f" ({exc.error_count()} errors)",
+                f"{method} {path}: the answer does not match {schema.__name__} ({exc.error_count()} errors)",
                 request_id=request_id,
             ) from exc
 

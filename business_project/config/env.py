@@ -1,4 +1,4 @@
-"""The one place the business app reads its environment. Everything else imports ``env`` and the paths from here."""
+"""The one place the business app reads its environment; the rest imports ``env`` and paths from here."""
 
 from pathlib import Path
 

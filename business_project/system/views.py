@@ -4,7 +4,7 @@ The SLM is reported under ``info`` and never decides readiness: the business app
 knowledge and workflows while the management layer is down.
 """
 
-from business_project.config.celery_app import app as celery_app
+from business_project import celery_app
 from business_project.integrations.slm.gateway import slm_status
 from service_kit.probes import broker_check, cache_check, database_check, healthz_view, readyz_view
 

@@ -34,7 +34,7 @@ class ErrorBody(ContractModel):
     request_id: str | None = None
 
 
-class Page(ContractModel, Generic[ItemT]):  # noqa: UP046 - PEP 695 syntax needs Python 3.12
+class Page(ContractModel, Generic[ItemT]):
     """A page of a list endpoint (DRF page-number pagination)."""
 
     count: int = Field(ge=0)

@@ -22,7 +22,10 @@ class ContractVersionMiddleware:
             response = JsonResponse(
                 error_body(
                     code="contract_version_unsupported",
-                    message=f"This SLM speaks contract {CONTRACT_VERSION}; the client sent {client_version[:20]!r}.",
+                    message=(
+                        f"This SLM speaks contract {CONTRACT_VERSION};"
+                        f" the client sent {client_version[:20]!r}."
+                    ),
                 ),
                 status=400,
             )

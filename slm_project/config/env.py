@@ -1,4 +1,4 @@
-"""The one place the SLM reads its environment. Everything else imports ``env`` and the paths from here."""
+"""The one place the SLM reads its environment; everything else imports ``env`` and paths from here."""
 
 from pathlib import Path
 

@@ -1,7 +1,7 @@
 """Liveness and readiness of this SLM process (see ``service_kit.probes``)."""
 
 from service_kit.probes import broker_check, cache_check, database_check, healthz_view, readyz_view
-from slm_project.config.celery_app import app as celery_app
+from slm_project import celery_app
 
 healthz = healthz_view()
 readyz = readyz_view(

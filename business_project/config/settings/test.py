@@ -1,5 +1,6 @@
 """Settings for the business test suite. Real PostgreSQL and Redis when their URLs are set (CI sets them:
-``AUTOBOT_BUSINESS_TEST_DATABASE_URL``, ``AUTOBOT_BUSINESS_TEST_REDIS_URL``); SQLite and local parts otherwise."""
+``AUTOBOT_BUSINESS_TEST_DATABASE_URL``, ``AUTOBOT_BUSINESS_TEST_REDIS_URL``); SQLite and local parts
+otherwise."""
 
 import os
 from pathlib import Path
@@ -7,14 +8,14 @@ from pathlib import Path
 # Test runs write under var/test, never into the files of a `make run` installation.
 os.environ.setdefault("BUSINESS_VAR_DIR", str(Path(__file__).resolve().parents[3] / "var" / "test"))
 
-from service_kit.integrations import (  # noqa: E402 - the variable above must be set first
+from business_project.config.env import VAR_DIR, env
+from business_project.config.settings.base import *  # noqa: F403
+from service_kit.integrations import (
     cache_settings,
     celery_settings,
     channel_layer_settings,
     database_settings,
 )
-from business_project.config.env import VAR_DIR, env  # noqa: E402
-from business_project.config.settings.base import *  # noqa: E402, F403
 
 TEST_DATABASE_URL = env.str("AUTOBOT_BUSINESS_TEST_DATABASE_URL", default="")
 TEST_REDIS_URL = env.str("AUTOBOT_BUSINESS_TEST_REDIS_URL", default="")

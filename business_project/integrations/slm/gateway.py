@@ -91,7 +91,11 @@ def slm_status() -> SlmStatus:
 
 
 def _remember_meta(meta: MetaInfo) -> None:
-    value = {"version": meta.version, "contract_version": meta.contract_version, "seen_at": timezone.now().isoformat()}
+    value = {
+        "version": meta.version,
+        "contract_version": meta.contract_version,
+        "seen_at": timezone.now().isoformat(),
+    }
     cache.set(_cache_key("meta:last"), value, timeout=_LAST_KNOWN_TTL)
 
 

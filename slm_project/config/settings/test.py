@@ -7,13 +7,13 @@ from pathlib import Path
 # Test runs write under var/test, never into the files of a `make run` installation.
 os.environ.setdefault("SLM_VAR_DIR", str(Path(__file__).resolve().parents[3] / "var" / "test"))
 
-from service_kit.integrations import (  # noqa: E402 - the variable above must be set first
+from service_kit.integrations import (
     cache_settings,
     celery_settings,
     database_settings,
 )
-from slm_project.config.env import VAR_DIR, env  # noqa: E402
-from slm_project.config.settings.base import *  # noqa: E402, F403
+from slm_project.config.env import VAR_DIR, env
+from slm_project.config.settings.base import *  # noqa: F403
 
 TEST_DATABASE_URL = env.str("AUTOBOT_SLM_TEST_DATABASE_URL", default="")
 TEST_REDIS_URL = env.str("AUTOBOT_SLM_TEST_REDIS_URL", default="")

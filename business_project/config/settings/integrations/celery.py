@@ -1,5 +1,5 @@
-from service_kit.integrations import celery_settings
 from business_project.config.env import VAR_DIR, env
+from service_kit.integrations import celery_settings
 
 globals().update(
     celery_settings(

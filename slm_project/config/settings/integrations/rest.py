@@ -7,7 +7,7 @@ globals().update(rest_framework_settings())
 globals().update(
     spectacular_settings(
         title="AutoBot SLM API",
-        description="The management layer: fleet, deployments, health and the contract the business layer uses.",
+        description="The management layer: fleet, deployments, health, and the business layer's contract.",
         version=f"contract {CONTRACT_VERSION}",
     )
 )
