@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 import secrets
+import warnings
 from pathlib import Path
 from typing import Any
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+
+SUPPORTED_DATABASE_ENGINES = frozenset({"django.db.backends.postgresql", "django.db.backends.sqlite3"})
 
 
 class ProjectEnv(environ.Env):
@@ -48,13 +51,17 @@ class ProjectEnv(environ.Env):
             raise ImproperlyConfigured("Required environment variables are not set: " + ", ".join(missing))
 
     def database(self, var: str = "DATABASE_URL", *, default: str) -> dict[str, Any]:
+        """A parsed database URL; only the engines AutoBot runs on (PostgreSQL, SQLite) are accepted."""
         url = self.str(var, default=default)
         try:
-            config = environ.Env.db_url_config(url)
+            with warnings.catch_warnings():
+                # django-environ only warns about an unknown scheme; we refuse it below instead.
+                warnings.simplefilter("ignore", UserWarning)
+                config = environ.Env.db_url_config(url)
         except Exception as exc:  # django-environ raises several types for a bad URL
             raise ImproperlyConfigured(f"{self.names_for(var)} is not a database URL: {exc}") from None
-        if not config.get("ENGINE"):
-            raise ImproperlyConfigured(f"{self.names_for(var)} names an unknown database scheme")
+        if config.get("ENGINE") not in SUPPORTED_DATABASE_ENGINES:
+            raise ImproperlyConfigured(f"{self.names_for(var)} must be a postgres:// or sqlite:// URL")
         return config
 
     def read_env_file(self, path: Path) -> None:

@@ -33,3 +33,6 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = True
 
 globals().update(channel_layer_settings(redis_url=TEST_REDIS_URL, prefix="business-test"))
+
+# WhiteNoise warns on every request when the static root is missing; tests serve through finders.
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # noqa: F405

@@ -29,3 +29,6 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 WHITENOISE_USE_FINDERS = True
+
+# WhiteNoise warns on every request when the static root is missing; tests serve through finders.
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # noqa: F405
