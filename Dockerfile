@@ -23,6 +23,8 @@ RUN pip install -r /tmp/requirements/slm.txt -r /tmp/requirements/business.txt
 FROM ${PYTHON_IMAGE} AS runtime
 
 # openssh-client: the SLM worker reaches managed machines over SSH (Ansible comes with its requirements).
+# Not pinned: Debian's security updates replace the exact version within a release.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends openssh-client \
     && rm -rf /var/lib/apt/lists/*
@@ -65,7 +67,8 @@ RUN python -m compileall -q /app \
     done \
     && chown -R autobot:autobot /var/lib/autobot
 
-USER autobot
+# Numeric, so that runtimes can verify it is not root (Kubernetes runAsNonRoot).
+USER 10001:10001
 
 EXPOSE 8000 8001
 

@@ -79,22 +79,23 @@ def slm_status() -> SlmStatus:
             last_seen=last["seen_at"] if last else None,
         )
     latency_ms = round((time.perf_counter() - started) * 1000, 1)
-    _remember_meta(meta)
+    seen_at = timezone.now().isoformat()
+    _remember_meta(meta, seen_at)
     return SlmStatus(
         reachable=True,
         url=url,
         latency_ms=latency_ms,
         slm_version=meta.version,
         contract_version=meta.contract_version,
-        last_seen=timezone.now().isoformat(),
+        last_seen=seen_at,
     )
 
 
-def _remember_meta(meta: MetaInfo) -> None:
+def _remember_meta(meta: MetaInfo, seen_at: str) -> None:
     value = {
         "version": meta.version,
         "contract_version": meta.contract_version,
-        "seen_at": timezone.now().isoformat(),
+        "seen_at": seen_at,
     }
     cache.set(_cache_key("meta:last"), value, timeout=_LAST_KNOWN_TTL)
 
