@@ -70,7 +70,8 @@ class SlmClient:
             backoff_factor=backoff_factor,
             status_forcelist=RETRY_STATUSES,
             allowed_methods=IDEMPOTENT_METHODS,
-            respect_retry_after_header=True,
+            # A 429 goes back to the caller as RateLimited (with retry_after) instead of blocking here.
+            respect_retry_after_header=False,
             raise_on_status=False,
         )
         adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=10)
