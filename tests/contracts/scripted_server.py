@@ -58,7 +58,7 @@ class ScriptedServer:
 
             do_GET = do_POST = do_PUT = do_DELETE = _serve
 
-            def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+            def log_message(self, format, *args):
                 pass
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

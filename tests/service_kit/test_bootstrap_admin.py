@@ -27,7 +27,8 @@ def test_the_password_from_the_environment_is_used_and_not_printed(monkeypatch):
     monkeypatch.setenv("ADMIN_USERNAME", "root-ops")
     output = run(env_prefix="TST_")
     user = get_user_model().objects.get(username="root-ops")
-    assert user.is_superuser and user.is_staff
+    assert user.is_superuser
+    assert user.is_staff
     assert user.check_password("a-very-long-operator-pass")
     assert "a-very-long-operator-pass" not in output
 

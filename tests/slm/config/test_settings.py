@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from tests.fixtures.services import in_ci
 from tests.fixtures.live_slm import base_process_env
+from tests.fixtures.services import in_ci
 
 REPO_DIR = Path(__file__).resolve().parents[3]
 
