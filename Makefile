@@ -54,13 +54,18 @@ guardrails: lint
 	$(SLM_TEST) $(PY) manage_slm.py makemigrations --check --dry-run
 	$(BUSINESS_TEST) $(PY) manage_business.py makemigrations --check --dry-run
 
-# Two runs because the two projects are two Django settings modules. Exit code 5 ("no tests ran") is
-# an error here: every suite has tests, so it would mean a collection mistake.
+# Two runs because the two projects are two Django settings modules. pytest's exit code 5 ("no tests
+# ran") is turned into a named failure: every suite has tests, so it means a collection mistake.
+define run_pytest
+	$(PYTEST) $(1); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests for: $(1)" >&2; exit 1; fi; exit $$status
+endef
+
 test-slm: $(VENV)/.installed-dev
-	$(PYTEST) --ds=slm_project.config.settings.test tests/slm tests/service_kit
+	$(call run_pytest,--ds=slm_project.config.settings.test tests/slm tests/service_kit)
 
 test-business: $(VENV)/.installed-dev
-	$(PYTEST) --ds=business_project.config.settings.test tests/business tests/contracts tests/architecture tests/e2e
+	$(call run_pytest,--ds=business_project.config.settings.test tests/business tests/contracts tests/architecture tests/e2e)
 
 clean:
 	rm -rf var/test .pytest_cache .ruff_cache

@@ -5,6 +5,7 @@ admin logs into the SLM ops portal; Ctrl-C (SIGINT to the foreground process gro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -89,10 +90,8 @@ class RunCommand:
         return self.process.wait(timeout=60)
 
     def kill(self) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def group_alive(pgid: int) -> bool:

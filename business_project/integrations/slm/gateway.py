@@ -25,22 +25,40 @@ from shared_contracts.schemas.common import MetaInfo
 logger = logging.getLogger(__name__)
 
 _LAST_KNOWN_TTL = 7 * 24 * 3600  # stale answers outlive an SLM outage of a week
-_client_lock = threading.Lock()
-_client: SlmClient | None = None
+# A readiness probe must answer within an orchestrator's probe timeout (often 1 s): its SLM check makes
+# one attempt with short timeouts instead of the regular client's retries with backoff.
+PROBE_CONNECT_TIMEOUT = 0.5
+PROBE_READ_TIMEOUT = 1.0
+
+_clients_lock = threading.Lock()
+_clients: dict[str, SlmClient] = {}
+
+
+def _cached_client(purpose: str, **options) -> SlmClient:
+    with _clients_lock:
+        client = _clients.get(purpose)
+        if client is None or client.base_url != settings.SLM_API_URL.rstrip("/"):
+            client = SlmClient(settings.SLM_API_URL, settings.SLM_API_TOKEN or None, **options)
+            _clients[purpose] = client
+        return client
 
 
 def get_client() -> SlmClient:
     """The process's client; built once so that connections to the SLM are pooled."""
-    global _client
-    with _client_lock:
-        if _client is None or _client.base_url != settings.SLM_API_URL.rstrip("/"):
-            _client = SlmClient(
-                settings.SLM_API_URL,
-                settings.SLM_API_TOKEN or None,
-                connect_timeout=settings.SLM_CONNECT_TIMEOUT,
-                read_timeout=settings.SLM_READ_TIMEOUT,
-            )
-        return _client
+    return _cached_client(
+        "regular",
+        connect_timeout=settings.SLM_CONNECT_TIMEOUT,
+        read_timeout=settings.SLM_READ_TIMEOUT,
+    )
+
+
+def _probe_client() -> SlmClient:
+    return _cached_client(
+        "probe",
+        connect_timeout=min(PROBE_CONNECT_TIMEOUT, settings.SLM_CONNECT_TIMEOUT),
+        read_timeout=min(PROBE_READ_TIMEOUT, settings.SLM_READ_TIMEOUT),
+        retries=0,
+    )
 
 
 @dataclass(frozen=True)
@@ -67,7 +85,7 @@ def slm_status() -> SlmStatus:
     url = settings.SLM_API_URL
     started = time.perf_counter()
     try:
-        meta = get_client().meta()
+        meta = _probe_client().meta()
     except ContractError as exc:
         last: dict[str, Any] | None = cache.get(_cache_key("meta:last"))
         return SlmStatus(
