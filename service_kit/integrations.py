@@ -171,3 +171,89 @@ def logging_settings(*, level: str) -> dict[str, Any]:
             },
         }
     }
+
+
+def django_core_settings(*, var_dir: Path, cookie_prefix: str) -> dict[str, Any]:
+    """What both projects configure alike: templates, passwords, i18n, static files, cookies."""
+    return {
+        "TEMPLATES": [
+            {
+                "BACKEND": "django.template.backends.django.DjangoTemplates",
+                "DIRS": [],
+                "APP_DIRS": True,
+                "OPTIONS": {
+                    "context_processors": [
+                        "django.template.context_processors.request",
+                        "django.contrib.auth.context_processors.auth",
+                        "django.contrib.messages.context_processors.messages",
+                    ],
+                },
+            },
+        ],
+        "AUTH_USER_MODEL": "accounts.User",
+        "AUTH_PASSWORD_VALIDATORS": [
+            {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+            {
+                "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+                "OPTIONS": {"min_length": 12},
+            },
+            {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+            {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+        ],
+        # Both deployables may run on one host (make run): cookies do not separate ports, names must.
+        "SESSION_COOKIE_NAME": f"{cookie_prefix}_session",
+        "CSRF_COOKIE_NAME": f"{cookie_prefix}_csrftoken",
+        "SESSION_COOKIE_HTTPONLY": True,
+        "LANGUAGE_CODE": "en-us",
+        "TIME_ZONE": "UTC",
+        "USE_I18N": True,
+        "USE_TZ": True,
+        "STATIC_URL": "static/",
+        "STATIC_ROOT": var_dir / "static",
+        "STORAGES": {
+            "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+            "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+        },
+        "DEFAULT_AUTO_FIELD": "django.db.models.BigAutoField",
+    }
+
+
+def production_settings(env, *, current: dict[str, Any]) -> dict[str, Any]:
+    """Checks the production values ``current`` (the settings so far) holds, naming the variable of each
+    problem, and returns the hardening that production adds (behind a TLS-terminating proxy)."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    if current["DATABASES"]["default"]["ENGINE"] != "django.db.backends.postgresql":
+        raise ImproperlyConfigured(f"{env.names_for('DATABASE_URL')} must be a postgres:// URL in production")
+    if current["DEBUG"]:
+        raise ImproperlyConfigured(f"{env.names_for('DEBUG')} must be off in production")
+    if len(current["SECRET_KEY"]) < 32:
+        raise ImproperlyConfigured(f"{env.names_for('SECRET_KEY')} must be at least 32 characters")
+    secure_cookies = env.bool("SECURE_COOKIES", default=True)
+    return {
+        "SECURE_PROXY_SSL_HEADER": ("HTTP_X_FORWARDED_PROTO", "https"),
+        "SECURE_SSL_REDIRECT": env.bool("SECURE_SSL_REDIRECT", default=False),
+        "SESSION_COOKIE_SECURE": secure_cookies,
+        "CSRF_COOKIE_SECURE": secure_cookies,
+        "SECURE_HSTS_SECONDS": env.int("SECURE_HSTS_SECONDS", default=0),
+        "SECURE_CONTENT_TYPE_NOSNIFF": True,
+        "X_FRAME_OPTIONS": "DENY",
+        "STORAGES": {
+            "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+            "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+        },
+    }
+
+
+def testing_settings(*, static_root: Path) -> dict[str, Any]:
+    """What the test suites change: a fast hasher, static files served from the finders."""
+    # WhiteNoise warns on every request when the static root is missing.
+    static_root.mkdir(parents=True, exist_ok=True)
+    return {
+        "PASSWORD_HASHERS": ["django.contrib.auth.hashers.MD5PasswordHasher"],  # speed; never outside tests
+        "STORAGES": {
+            "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+            "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+        },
+        "WHITENOISE_USE_FINDERS": True,
+    }

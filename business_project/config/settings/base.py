@@ -11,6 +11,7 @@ from business_project.config.settings.integrations.logging import *  # noqa: F40
 from business_project.config.settings.integrations.rest import *  # noqa: F403
 from business_project.config.settings.integrations.slm import *  # noqa: F403
 from service_kit.env import persistent_secret_key
+from service_kit.integrations import django_core_settings
 
 SECRET_KEY = env.str("SECRET_KEY", default="") or persistent_secret_key(VAR_DIR / "secret_key")
 DEBUG = env.bool("DEBUG", default=False)
@@ -52,44 +53,4 @@ ROOT_URLCONF = "business_project.config.urls"
 WSGI_APPLICATION = "business_project.config.wsgi.application"
 ASGI_APPLICATION = "business_project.config.asgi.application"
 
-TEMPLATES = [
-    {
-        "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
-        "APP_DIRS": True,
-        "OPTIONS": {
-            "context_processors": [
-                "django.template.context_processors.request",
-                "django.contrib.auth.context_processors.auth",
-                "django.contrib.messages.context_processors.messages",
-            ],
-        },
-    },
-]
-
-AUTH_USER_MODEL = "accounts.User"
-AUTH_PASSWORD_VALIDATORS = [
-    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
-    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
-    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
-]
-
-# Both deployables may run on one host (make run): cookies do not separate ports, names must differ.
-SESSION_COOKIE_NAME = "autobot_session"
-CSRF_COOKIE_NAME = "autobot_csrftoken"
-SESSION_COOKIE_HTTPONLY = True
-
-LANGUAGE_CODE = "en-us"
-TIME_ZONE = "UTC"
-USE_I18N = True
-USE_TZ = True
-
-STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
-STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
-}
-
-DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+globals().update(django_core_settings(var_dir=VAR_DIR, cookie_prefix="autobot"))

@@ -15,6 +15,7 @@ from service_kit.integrations import (
     celery_settings,
     channel_layer_settings,
     database_settings,
+    testing_settings,
 )
 
 TEST_DATABASE_URL = env.str("AUTOBOT_BUSINESS_TEST_DATABASE_URL", default="")
@@ -25,14 +26,6 @@ if TEST_DATABASE_URL:
 globals().update(cache_settings(redis_url=TEST_REDIS_URL, key_prefix="business-test"))
 globals().update(celery_settings(broker_url=TEST_REDIS_URL, var_dir=VAR_DIR))
 
-PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed; never outside tests
-STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-}
-WHITENOISE_USE_FINDERS = True
+globals().update(testing_settings(static_root=STATIC_ROOT))  # noqa: F405
 
 globals().update(channel_layer_settings(redis_url=TEST_REDIS_URL, prefix="business-test"))
-
-# WhiteNoise warns on every request when the static root is missing; tests serve through finders.
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # noqa: F405

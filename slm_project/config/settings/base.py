@@ -3,6 +3,7 @@ none set, everything runs on one machine without servers: SQLite and the filesys
 ``var/slm``, a local-memory cache."""
 
 from service_kit.env import persistent_secret_key
+from service_kit.integrations import django_core_settings
 from slm_project.config.env import VAR_DIR, env
 from slm_project.config.settings.integrations.cache import *  # noqa: F403 - settings are module globals
 from slm_project.config.settings.integrations.celery import *  # noqa: F403
@@ -50,47 +51,7 @@ MIDDLEWARE = [
 ROOT_URLCONF = "slm_project.config.urls"
 WSGI_APPLICATION = "slm_project.config.wsgi.application"
 
-TEMPLATES = [
-    {
-        "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
-        "APP_DIRS": True,
-        "OPTIONS": {
-            "context_processors": [
-                "django.template.context_processors.request",
-                "django.contrib.auth.context_processors.auth",
-                "django.contrib.messages.context_processors.messages",
-            ],
-        },
-    },
-]
-
-AUTH_USER_MODEL = "accounts.User"
-AUTH_PASSWORD_VALIDATORS = [
-    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
-    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
-    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
-]
-
-# Both deployables may run on one host (make run): cookies do not separate ports, names must differ.
-SESSION_COOKIE_NAME = "slm_session"
-CSRF_COOKIE_NAME = "slm_csrftoken"
-SESSION_COOKIE_HTTPONLY = True
-
-LANGUAGE_CODE = "en-us"
-TIME_ZONE = "UTC"
-USE_I18N = True
-USE_TZ = True
-
-STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
-STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
-}
-
-DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+globals().update(django_core_settings(var_dir=VAR_DIR, cookie_prefix="slm"))
 
 UNFOLD = {
     "SITE_TITLE": "AutoBot SLM",

@@ -11,6 +11,7 @@ from service_kit.integrations import (
     cache_settings,
     celery_settings,
     database_settings,
+    testing_settings,
 )
 from slm_project.config.env import VAR_DIR, env
 from slm_project.config.settings.base import *  # noqa: F403
@@ -23,12 +24,4 @@ if TEST_DATABASE_URL:
 globals().update(cache_settings(redis_url=TEST_REDIS_URL, key_prefix="slm-test"))
 globals().update(celery_settings(broker_url=TEST_REDIS_URL, var_dir=VAR_DIR))
 
-PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed; never outside tests
-STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-}
-WHITENOISE_USE_FINDERS = True
-
-# WhiteNoise warns on every request when the static root is missing; tests serve through finders.
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # noqa: F405
+globals().update(testing_settings(static_root=STATIC_ROOT))  # noqa: F405
