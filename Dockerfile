@@ -60,6 +60,7 @@ RUN python -m compileall -q /app \
             DATABASE_URL=postgres://build@build.invalid/build \
             REDIS_URL=redis://build.invalid:6379/0 \
             ALLOWED_HOSTS=build.invalid \
+            MASTER_KEYS=build:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA= \
             SLM_API_URL=http://build.invalid \
             SLM_API_TOKEN=build-only-placeholder \
             DJANGO_SETTINGS_MODULE=${project}_project.config.settings.production \

@@ -24,7 +24,13 @@ COMPOSE_FILE = REPO_ROOT / "compose.yaml"
 TIMEOUT_SECONDS = 60
 
 # The variables compose.yaml requires from the operator (``${VAR:?message}``).
-REQUIRED_SECRETS = ("POSTGRES_PASSWORD", "SLM_SECRET_KEY", "BUSINESS_SECRET_KEY", "SLM_API_TOKEN")
+REQUIRED_SECRETS = (
+    "POSTGRES_PASSWORD",
+    "SLM_SECRET_KEY",
+    "SLM_MASTER_KEYS",
+    "BUSINESS_SECRET_KEY",
+    "SLM_API_TOKEN",
+)
 
 BACKING_SERVICES = {"postgres", "redis"}
 MIGRATE_SERVICES = {"slm-migrate", "business-migrate"}

@@ -10,6 +10,7 @@ from slm_project.config.settings.integrations.celery import *  # noqa: F403
 from slm_project.config.settings.integrations.database import *  # noqa: F403
 from slm_project.config.settings.integrations.logging import *  # noqa: F403
 from slm_project.config.settings.integrations.rest import *  # noqa: F403
+from slm_project.config.settings.integrations.vault import *  # noqa: F403
 
 SECRET_KEY = env.str("SECRET_KEY", default="") or persistent_secret_key(VAR_DIR / "secret_key")
 DEBUG = env.bool("DEBUG", default=False)
@@ -33,6 +34,9 @@ INSTALLED_APPS = [
     "service_kit",
     "slm_project.accounts",
     "slm_project.system",
+    "slm_project.security",
+    "slm_project.access",
+    "slm_project.fleet",
 ]
 
 MIDDLEWARE = [

@@ -18,6 +18,7 @@ VALID_PRODUCTION_ENV = {
     "DATABASE_URL": "postgres://autobot:pw@db.invalid:5432/autobot_slm",
     "REDIS_URL": "redis://redis.invalid:6379/0",
     "ALLOWED_HOSTS": "slm.example.org",
+    "MASTER_KEYS": "k1:" + "A" * 43 + "=",
 }
 
 
@@ -45,7 +46,7 @@ def test_production_starts_with_every_required_value(tmp_path):
 def test_production_names_every_missing_variable(tmp_path):
     result = run_check({"ALLOWED_HOSTS": "slm.example.org"}, tmp_path)
     assert result.returncode != 0
-    for name in ("SECRET_KEY", "DATABASE_URL", "REDIS_URL"):
+    for name in ("SECRET_KEY", "DATABASE_URL", "REDIS_URL", "MASTER_KEYS"):
         assert f"SLM_{name} (or {name})" in result.stderr
     assert "ALLOWED_HOSTS (or" not in result.stderr.split("ImproperlyConfigured")[-1]
     # Nothing was generated in place of the missing key.

@@ -1,0 +1,7 @@
+from django.db import models
+
+
+class Scope(models.TextChoices):
+    NODES_READ = "nodes:read", "Read nodes, roles, services, events and the fleet summary"
+    NODES_WRITE = "nodes:write", "Create and change nodes, run fleet actions"
+    DISCOVERY_READ = "discovery:read", "Find service endpoints"

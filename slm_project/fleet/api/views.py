@@ -1,0 +1,243 @@
+"""Fleet REST API (``/api/v1/``): thin views that translate input, call one service or selector, and
+translate output."""
+
+from __future__ import annotations
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from pydantic import ValidationError as PydanticValidationError
+from rest_framework import status
+from rest_framework.exceptions import AuthenticationFailed, ValidationError
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from shared_contracts.schemas.fleet import Heartbeat
+from slm_project.access.authentication import ApiClientAuthentication, HasScope, actor_of, bearer_token
+from slm_project.access.tokens import token_matches
+from slm_project.fleet import enrollment, selectors, services
+from slm_project.fleet.api import serializers as s
+from slm_project.fleet.choices import NodeState
+from slm_project.fleet.models import Node, Role
+from slm_project.fleet.registry import ROLES
+
+READ, WRITE, DISCOVER = "nodes:read", "nodes:write", "discovery:read"
+
+
+class FleetView(APIView):
+    authentication_classes = [ApiClientAuthentication, *APIView.authentication_classes]
+    permission_classes = [HasScope]
+    required_scopes: dict[str, str] = {"GET": READ, "POST": WRITE, "PATCH": WRITE}
+
+    def node(self, node_id) -> Node:
+        return get_object_or_404(Node, pk=node_id)
+
+    def page(self, request, queryset, serializer_class):
+        paginator = self.paginator
+        page = paginator.paginate_queryset(queryset, request, view=self)
+        return paginator.get_paginated_response(serializer_class(page, many=True).data)
+
+    @property
+    def paginator(self):
+        if not hasattr(self, "_paginator"):
+            from service_kit.pagination import PageNumberPagination
+
+            self._paginator = PageNumberPagination()
+        return self._paginator
+
+
+def _list_param(request, name: str) -> list[str]:
+    return [value for raw in request.query_params.getlist(name) for value in raw.split(",") if value]
+
+
+class NodeListView(FleetView):
+    @extend_schema(
+        responses=s.NodeOutputSerializer(many=True),
+        parameters=[
+            OpenApiParameter("state", str, many=True),
+            OpenApiParameter("role", str, many=True),
+            OpenApiParameter("search", str),
+            OpenApiParameter("label", str, description="key or key=value"),
+            OpenApiParameter("ordering", str, enum=sorted(selectors.ORDERINGS)),
+        ],
+    )
+    def get(self, request):
+        states = _list_param(request, "state")
+        unknown = sorted(set(states) - set(NodeState.values))
+        if unknown:
+            raise ValidationError({"state": [f"Unknown states: {', '.join(unknown)}."]})
+        filters = {
+            "state": states,
+            "role": _list_param(request, "role"),
+            "search": request.query_params.get("search", "").strip(),
+            "label": request.query_params.get("label", "").strip(),
+        }
+        nodes = selectors.node_list(filters=filters, ordering=request.query_params.get("ordering", "name"))
+        return self.page(request, nodes, s.NodeOutputSerializer)
+
+    @extend_schema(request=s.NodeCreateInputSerializer, responses={201: s.NodeDetailOutputSerializer})
+    def post(self, request):
+        data = s.NodeCreateInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        node = services.node_create(**data.validated_data, actor=actor_of(request))
+        return Response(s.NodeDetailOutputSerializer(node).data, status=status.HTTP_201_CREATED)
+
+
+class NodeDetailView(FleetView):
+    @extend_schema(responses=s.NodeDetailOutputSerializer)
+    def get(self, request, node_id):
+        return Response(s.NodeDetailOutputSerializer(self.node(node_id)).data)
+
+    @extend_schema(request=s.NodeUpdateInputSerializer, responses=s.NodeDetailOutputSerializer)
+    def patch(self, request, node_id):
+        data = s.NodeUpdateInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        node = services.node_update(node=self.node(node_id), actor=actor_of(request), **data.validated_data)
+        return Response(s.NodeDetailOutputSerializer(node).data)
+
+
+class NodeActionView(FleetView):
+    """``POST /nodes/{id}/{action}``: each action one service call; the node comes back."""
+
+    action_name = ""
+
+    @extend_schema(request=OpenApiTypes.OBJECT, responses=s.NodeDetailOutputSerializer)
+    def post(self, request, node_id):
+        node = self.node(node_id)
+        actor = actor_of(request)
+        handler = getattr(self, f"do_{self.action_name.replace('-', '_')}")
+        node = handler(request, node, actor)
+        node.refresh_from_db()
+        code = status.HTTP_202_ACCEPTED if self.action_name in {"enroll", "test-connection"} else 200
+        return Response(s.NodeDetailOutputSerializer(node).data, status=code)
+
+    def do_drain(self, request, node, actor):
+        data = _valid(s.ReasonInputSerializer, request)
+        return services.node_drain(node=node, actor=actor, reason=data["reason"])
+
+    def do_resume(self, request, node, actor):
+        data = _valid(s.ReasonInputSerializer, request)
+        return services.node_resume(node=node, actor=actor, reason=data["reason"])
+
+    def do_decommission(self, request, node, actor):
+        data = _valid(s.DecommissionInputSerializer, request)
+        return services.node_decommission(node=node, actor=actor, **data)
+
+    def do_accept_host_key(self, request, node, actor):
+        data = _valid(s.AcceptHostKeyInputSerializer, request)
+        return services.node_host_key_accept(node=node, fingerprint=data["fingerprint"], actor=actor)
+
+    def do_enroll(self, request, node, actor):
+        data = _valid(s.EnrollInputSerializer, request)
+        return enrollment.node_enroll_request(node=node, actor=actor, **data)
+
+    def do_test_connection(self, request, node, actor):
+        return enrollment.node_connection_test_request(node=node, actor=actor)
+
+
+def _valid(serializer_class, request) -> dict:
+    serializer = serializer_class(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+class NodeEventListView(FleetView):
+    @extend_schema(responses=s.NodeEventOutputSerializer(many=True))
+    def get(self, request, node_id):
+        return self.page(request, selectors.node_events(node=self.node(node_id)), s.NodeEventOutputSerializer)
+
+
+class EventListView(FleetView):
+    @extend_schema(
+        responses=s.NodeEventOutputSerializer(many=True),
+        parameters=[OpenApiParameter("needs_attention", bool)],
+    )
+    def get(self, request):
+        flag = request.query_params.get("needs_attention")
+        needs_attention = None if flag is None else flag.lower() in {"1", "true", "yes"}
+        return self.page(
+            request, selectors.node_events(needs_attention=needs_attention), s.NodeEventOutputSerializer
+        )
+
+
+class NodeMetricsView(FleetView):
+    @extend_schema(
+        responses=OpenApiTypes.OBJECT, parameters=[OpenApiParameter("window", str, enum=["raw", "5m", "1h"])]
+    )
+    def get(self, request, node_id):
+        window = request.query_params.get("window", "raw")
+        if window not in {"raw", "5m", "1h"}:
+            raise ValidationError({"window": ["Use raw, 5m or 1h."]})
+        return Response(
+            {"window": window, "samples": selectors.node_metrics(node=self.node(node_id), window=window)}
+        )
+
+
+class RoleListView(FleetView):
+    @extend_schema(responses=s.RoleOutputSerializer(many=True))
+    def get(self, request):
+        roles = Role.objects.filter(name__in=ROLES).order_by("name")
+        return self.page(request, roles, s.RoleOutputSerializer)
+
+
+class ServiceListView(FleetView):
+    @extend_schema(responses=s.ServiceEndpointOutputSerializer(many=True))
+    def get(self, request):
+        return self.page(request, selectors.discovery_endpoints(), s.ServiceEndpointOutputSerializer)
+
+
+class FleetSummaryView(FleetView):
+    @extend_schema(responses=s.FleetSummaryOutputSerializer)
+    def get(self, request):
+        return Response(s.FleetSummaryOutputSerializer(selectors.fleet_summary()).data)
+
+
+class DiscoveryView(FleetView):
+    required_scopes = {"GET": DISCOVER}
+
+    @extend_schema(responses=s.ServiceEndpointOutputSerializer(many=True))
+    def get(self, request, service: str | None = None):
+        endpoints = selectors.discovery_endpoints(service=service)
+        return Response(s.ServiceEndpointOutputSerializer(endpoints, many=True).data)
+
+
+class HeartbeatView(APIView):
+    """``POST /nodes/{id}/heartbeat``: authenticated by that node's agent token only.
+
+    The token is checked before the body is read, so a wrong token stores nothing and learns nothing
+    about the payload rules; an unknown node answers like a wrong token (no node id enumeration).
+    """
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(request=OpenApiTypes.OBJECT, responses=s.HeartbeatAckOutputSerializer)
+    def post(self, request, node_id):
+        token = bearer_token(request) or ""
+        node = (
+            Node.objects.only(
+                "id", "name", "state", "agent_token_hash", "last_heartbeat_sequence", "services_digest"
+            )
+            .filter(pk=node_id)
+            .first()
+        )
+        if node is None or not token_matches(token, node.agent_token_hash):
+            raise AuthenticationFailed("Invalid agent token for this node.")
+        try:
+            heartbeat = Heartbeat.model_validate_json(request.body)
+        except PydanticValidationError as exc:
+            raise ValidationError(_pydantic_fields(exc)) from None
+        result = services.heartbeat_ingest(node=node, heartbeat=heartbeat.model_dump())
+        return Response(s.HeartbeatAckOutputSerializer(result).data)
+
+    def get_authenticate_header(self, request) -> str:
+        return 'Bearer realm="slm-agent"'
+
+
+def _pydantic_fields(exc: PydanticValidationError) -> dict[str, list[str]]:
+    fields: dict[str, list[str]] = {}
+    for error in exc.errors():
+        location = ".".join(str(part) for part in error["loc"]) or "non_field_errors"
+        fields.setdefault(location, []).append(error["msg"])
+    return fields
