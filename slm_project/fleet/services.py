@@ -319,36 +319,36 @@ def heartbeat_ingest(*, node: Node, heartbeat: dict[str, Any]) -> HeartbeatResul
     out of an operator-owned state (``states.OBSERVATION_LOCKED``).
     """
     sequence = heartbeat["sequence"]
+    if sequence <= node.last_heartbeat_sequence:
+        return HeartbeatResult(accepted=True, duplicate=True, sequence=sequence, state=node.state)
     now = timezone.now()
-    with transaction.atomic():
-        if sequence <= node.last_heartbeat_sequence:
-            return HeartbeatResult(accepted=True, duplicate=True, sequence=sequence, state=node.state)
-        _, created = HeartbeatSample.objects.get_or_create(
-            node=node,
-            sequence=sequence,
-            defaults={
-                "sent_at": heartbeat["sent_at"],
-                "received_at": now,
-                "cpu_percent": heartbeat["cpu_percent"],
-                "memory_percent": heartbeat["memory_percent"],
-                "disk_percent": heartbeat["disk_percent"],
-                "load_1m": heartbeat["load_1m"],
-                "uptime_seconds": heartbeat["uptime_seconds"],
-            },
-        )
-        if not created:
-            return HeartbeatResult(accepted=True, duplicate=True, sequence=sequence, state=node.state)
-        digest = _services_digest(heartbeat)
-        updates: dict[str, Any] = {
-            "last_heartbeat_at": now,
-            "last_heartbeat_sequence": sequence,
-            "agent_version": heartbeat["agent_version"],
-        }
-        if digest != node.services_digest:
-            _services_upsert(node=node, heartbeat=heartbeat)
-            updates["services_digest"] = digest
-        # Only a newer sequence may advance the node (two requests of one agent may race).
-        Node.objects.filter(pk=node.pk, last_heartbeat_sequence__lt=sequence).update(**updates)
+    digest = _services_digest(heartbeat)
+    try:
+        with transaction.atomic():
+            # The unique (node, sequence) constraint settles a race between two copies of one heartbeat.
+            HeartbeatSample.objects.create(
+                node=node,
+                sequence=sequence,
+                sent_at=heartbeat["sent_at"],
+                received_at=now,
+                cpu_percent=heartbeat["cpu_percent"],
+                memory_percent=heartbeat["memory_percent"],
+                disk_percent=heartbeat["disk_percent"],
+                load_1m=heartbeat["load_1m"],
+                uptime_seconds=heartbeat["uptime_seconds"],
+            )
+            updates: dict[str, Any] = {
+                "last_heartbeat_at": now,
+                "last_heartbeat_sequence": sequence,
+                "agent_version": heartbeat["agent_version"],
+            }
+            if digest != node.services_digest:
+                _services_upsert(node=node, heartbeat=heartbeat)
+                updates["services_digest"] = digest
+            # Only a newer sequence may advance the node (an agent's buffered heartbeats may race).
+            Node.objects.filter(pk=node.pk, last_heartbeat_sequence__lt=sequence).update(**updates)
+    except IntegrityError:
+        return HeartbeatResult(accepted=True, duplicate=True, sequence=sequence, state=node.state)
     state = node.state
     if (
         node.state == NodeState.DEGRADED

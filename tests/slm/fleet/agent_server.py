@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from shared_contracts.schemas.fleet import HeartbeatAck, NodeState
 from tests.fixtures.live_slm import free_port
 
 ERROR_BODIES = {
@@ -24,6 +25,8 @@ ERROR_BODIES = {
 
 @dataclass(frozen=True)
 class Received:
+    """One request as it arrived; header names lower-cased (HTTP header names are case-insensitive)."""
+
     path: str
     headers: dict[str, str]
     body: bytes
@@ -77,23 +80,29 @@ class ScriptedSlm:
         sequence = json.loads(body)["sequence"]
         with self._lock:
             status = self.answers.get(sequence, self.status)
-            if self.expected_token is not None and headers.get("Authorization") != (
+            if self.expected_token is not None and headers.get("authorization") != (
                 f"Bearer {self.expected_token}"
             ):
                 status = 401
             self.requests.append(Received(path=path, headers=headers, body=body, status=status))
             if status != 200:
-                return status, {**ERROR_BODIES.get(status, {"code": "error", "message": ""}), "request_id": "r"}
+                error = ERROR_BODIES.get(status, {"code": "error", "message": "", "fields": {}})
+                return status, {**error, "request_id": f"req-{len(self.requests)}"}
             duplicate = sequence in self._accepted
             self._accepted.add(sequence)
-        return 200, {"accepted": not duplicate, "duplicate": duplicate, "sequence": sequence, "state": "online"}
+        ack = HeartbeatAck(
+            accepted=not duplicate, duplicate=duplicate, sequence=sequence, state=NodeState.ONLINE
+        )
+        return 200, ack.model_dump(mode="json")
 
 
 def _handler_for(slm: ScriptedSlm) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            status, reply = slm.answer(self.path, dict(self.headers.items()), body)
+            status, reply = slm.answer(
+                self.path, {name.lower(): value for name, value in self.headers.items()}, body
+            )
             data = json.dumps(reply).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -101,7 +110,7 @@ def _handler_for(slm: ScriptedSlm) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        def log_message(self, format: str, *args: object) -> None:
             pass  # keep pytest's output quiet
 
     return Handler

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import io
+import threading
+import time
 
 import pytest
+from django.conf import settings
 from django.core.management import CommandError, call_command
+from django.db import connection, transaction
 
 from slm_project.security.choices import CredentialKind
 from slm_project.security.models import Credential
@@ -57,6 +61,41 @@ def test_rotation_moves_every_value_to_the_active_key_and_the_old_key_can_go(mas
     assert_all_open()
     assert "k2: 5 (active)" in run("--check")
     assert "No value uses master key k1" in run("--retire", "k1")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rotation_runs_beside_a_transaction_that_holds_a_row(master_keys):
+    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+        pytest.skip("row locks need PostgreSQL (CI runs it); SQLite locks the whole database")
+    store_all()
+    master_keys.configure("k1", "k2")
+    locked, saw_others_rewrapped = threading.Event(), threading.Event()
+
+    def worker_holding_node_0() -> None:
+        # Like a worker replacing node-0's secret: the row stays locked until the others are done.
+        try:
+            with transaction.atomic():
+                Credential.objects.select_for_update().get(name="node-0")
+                locked.set()
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline:
+                    if Credential.objects.filter(master_key_id="k2").count() == len(SECRETS) - 1:
+                        saw_others_rewrapped.set()
+                        break
+                    time.sleep(0.05)
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=worker_holding_node_0)
+    worker.start()
+    assert locked.wait(10)
+    output = run()
+    worker.join()
+
+    # The command did not wait for the lock: it committed the other rows first, then came back for it.
+    assert saw_others_rewrapped.is_set()
+    assert "Re-wrapped 5 values from k1 to k2." in output
+    assert set(Credential.objects.values_list("master_key_id", flat=True)) == {"k2"}
 
 
 @pytest.mark.django_db

@@ -230,10 +230,11 @@ def test_credential_file_is_0600_in_a_0700_directory_and_removed_after(temp_root
 def test_credential_file_is_removed_when_the_block_raises(temp_root):
     credential = credential_store(kind=CredentialKind.SSH_PRIVATE_KEY, name="key", secret=SSH_KEY)
 
-    with pytest.raises(RuntimeError, match="connection failed"):  # noqa: PT012 - the block is the subject
-        with credential_file(credential=credential) as path:
-            assert path.exists()
-            raise RuntimeError("connection failed")
+    with (
+        pytest.raises(RuntimeError, match="connection failed"),
+        credential_file(credential=credential) as path,
+    ):
+        raise RuntimeError("connection failed")
 
     assert not path.parent.exists()
     assert list(temp_root.iterdir()) == []
