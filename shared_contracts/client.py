@@ -10,16 +10,18 @@ because then nothing was sent), the contract-version header on every request, HT
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar, overload
+from uuid import UUID
 
 import requests
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from shared_contracts import errors, paths
-from shared_contracts.schemas.common import ErrorBody, MetaInfo
+from shared_contracts.schemas.common import ErrorBody, MetaInfo, Page
+from shared_contracts.schemas.fleet import FleetSummary, Node, ServiceEndpoint
 from shared_contracts.version import (
     CONTRACT_VERSION,
     CONTRACT_VERSION_HEADER,
@@ -30,6 +32,10 @@ from shared_contracts.version import (
 logger = logging.getLogger(__name__)
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+ValueT = TypeVar("ValueT")
+
+# Answers that are a bare JSON list rather than an object are validated through a TypeAdapter.
+ServiceEndpointList: TypeAdapter[list[ServiceEndpoint]] = TypeAdapter(list[ServiceEndpoint])
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 RETRY_STATUSES = frozenset({502, 503, 504})
@@ -107,9 +113,61 @@ class SlmClient:
         """``GET /api/v1/meta``: the SLM's version and contract version."""
         return self._request("GET", paths.META, schema=MetaInfo)
 
+    # --- fleet (scope ``nodes:read``) ---------------------------------------------------------------
+
+    def list_nodes(
+        self,
+        *,
+        state: str | Iterable[str] | None = None,
+        role: str | Iterable[str] | None = None,
+        search: str | None = None,
+        page: int = 1,
+        page_size: int | None = None,
+    ) -> Page[Node]:
+        """``GET /api/v1/nodes``: one page of nodes, ordered by name.
+
+        ``state`` and ``role`` take one value or several (any of them matches); ``search`` matches name
+        and address. ``page_size`` is capped by the SLM (500).
+        """
+        if page < 1:
+            raise ValueError("page starts at 1")
+        if page_size is not None and page_size < 1:
+            raise ValueError("page_size must be positive")
+        params: dict[str, Any] = {"page": page}
+        if state is not None:
+            params["state"] = _joined(state)
+        if role is not None:
+            params["role"] = _joined(role)
+        if search:
+            params["search"] = search
+        if page_size is not None:
+            params["page_size"] = page_size
+        return self._request("GET", paths.NODES, schema=Page[Node], params=params)
+
+    def get_node(self, node_id: UUID | str) -> Node:
+        """``GET /api/v1/nodes/{id}``; ``NotFound`` for an unknown id, ``ValueError`` for a non-UUID."""
+        return self._request("GET", paths.node(node_id), schema=Node)
+
+    def fleet_summary(self) -> FleetSummary:
+        """``GET /api/v1/fleet/summary``: counts by state and role, the nodes needing attention."""
+        return self._request("GET", paths.FLEET_SUMMARY, schema=FleetSummary)
+
+    # --- service discovery (scope ``discovery:read``) ----------------------------------------------
+
+    def discover(self, service: str) -> list[ServiceEndpoint]:
+        """``GET /api/v1/discovery/{service}``: the endpoints of one service as the SLM registry names
+        it (``ollama``, ``redis-server`` …), healthy ones first, in the SLM's order. An unknown name
+        is an empty list."""
+        return self._request("GET", paths.discovery_service(service), schema=ServiceEndpointList)
+
+    def discovery(self) -> list[ServiceEndpoint]:
+        """``GET /api/v1/discovery``: every discoverable endpoint, healthy ones first."""
+        return self._request("GET", paths.DISCOVERY, schema=ServiceEndpointList)
+
     # ----------------------------------------------------------------------------------------------
     # Plumbing
 
+    @overload
     def _request(
         self,
         method: str,
@@ -118,7 +176,28 @@ class SlmClient:
         schema: type[ModelT],
         params: Mapping[str, Any] | None = None,
         json: Any = None,
-    ) -> ModelT:
+    ) -> ModelT: ...
+
+    @overload
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        schema: TypeAdapter[ValueT],
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+    ) -> ValueT: ...
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        schema: type[ModelT] | TypeAdapter[ValueT],
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+    ) -> Any:
         method = method.upper()
         url = f"{self.base_url}{path}"
         try:
@@ -131,7 +210,13 @@ class SlmClient:
             raise errors.SlmUnavailable(f"{method} {path}: {exc.__class__.__name__}") from exc
         return self._decode(method, path, response, schema)
 
-    def _decode(self, method: str, path: str, response: requests.Response, schema: type[ModelT]) -> ModelT:
+    def _decode(
+        self,
+        method: str,
+        path: str,
+        response: requests.Response,
+        schema: type[ModelT] | TypeAdapter[ValueT],
+    ) -> Any:
         request_id = response.headers.get(REQUEST_ID_HEADER)
         if response.status_code >= 400:
             raise self._error_for(method, path, response, request_id)
@@ -143,10 +228,13 @@ class SlmClient:
                 request_id=request_id,
             )
         try:
+            if isinstance(schema, TypeAdapter):
+                return schema.validate_json(response.content)
             return schema.model_validate_json(response.content)
         except ValidationError as exc:
             raise errors.ContractMismatch(
-                f"{method} {path}: the answer does not match {schema.__name__} ({exc.error_count()} errors)",
+                f"{method} {path}: the answer does not match {_schema_name(schema)}"
+                f" ({exc.error_count()} errors)",
                 request_id=request_id,
             ) from exc
 
@@ -174,6 +262,18 @@ class SlmClient:
         if error_class is errors.RateLimited:
             return errors.RateLimited(message, retry_after=_retry_after(response), **kwargs)
         return error_class(message, **kwargs)
+
+
+def _joined(values: str | Iterable[str]) -> str:
+    """One query value for a filter that takes several (the SLM splits on commas)."""
+    if isinstance(values, str):
+        return values
+    return ",".join(str(value) for value in values)
+
+
+def _schema_name(schema: type[BaseModel] | TypeAdapter[Any]) -> str:
+    # A TypeAdapter's repr names its type: "TypeAdapter(list[ServiceEndpoint])".
+    return schema.__name__ if isinstance(schema, type) else repr(schema)
 
 
 def _retry_after(response: requests.Response) -> float | None:

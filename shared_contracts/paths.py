@@ -1,4 +1,46 @@
-"""URL paths of the SLM REST API, relative to the SLM base URL. Both sides use these constants."""
+"""URL paths of the SLM REST API, relative to the SLM base URL. Both sides use these constants.
+
+Paths with a parameter are functions that make the parameter safe to put in a path: a node id must be a
+UUID (anything else raises ``ValueError`` before a request is made), and a service name is
+percent-encoded whole (``/``, ``?``, ``#``, ``..`` cannot leave their path segment).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+from uuid import UUID
 
 API_PREFIX = "/api/v1"
 META = f"{API_PREFIX}/meta"
+
+# --- fleet ------------------------------------------------------------------------------------------
+NODES = f"{API_PREFIX}/nodes"
+ROLES = f"{API_PREFIX}/roles"
+SERVICES = f"{API_PREFIX}/services"
+EVENTS = f"{API_PREFIX}/events"
+FLEET_SUMMARY = f"{API_PREFIX}/fleet/summary"
+DISCOVERY = f"{API_PREFIX}/discovery"
+
+
+def node(node_id: UUID | str) -> str:
+    return f"{NODES}/{node_segment(node_id)}"
+
+
+def node_events(node_id: UUID | str) -> str:
+    return f"{node(node_id)}/events"
+
+
+def node_heartbeat(node_id: UUID | str) -> str:
+    return f"{node(node_id)}/heartbeat"
+
+
+def discovery_service(service: str) -> str:
+    """``/api/v1/discovery/{service}`` with the name percent-encoded as one path segment."""
+    if not service:
+        raise ValueError("a service name is required")
+    return f"{DISCOVERY}/{quote(service, safe='')}"
+
+
+def node_segment(node_id: UUID | str) -> str:
+    """The canonical text of a node id; ``ValueError`` for anything that is not a UUID."""
+    return str(node_id if isinstance(node_id, UUID) else UUID(str(node_id)))

@@ -180,9 +180,8 @@ def connection_test_run(*, node_id: str, actor: str) -> dict[str, object]:
         identity = slm_identity()
         with _connect(node, private_key=credential_reveal(credential=identity.credential)) as session:
             result["login"] = session.run(["true"]).ok
-    except ssh.HostKeyMismatch as exc:
-        node_host_key_mismatch(node=node, presented_fingerprint=exc.presented.fingerprint, actor=actor)
-        result["error"] = "host key changed; connection refused"
+    except EnrollmentFailed as exc:  # _connect has recorded a changed host key already
+        result["error"] = str(exc)
     except ssh.SshError as exc:
         result["error"] = str(exc)
     _record_test(node, actor, result, Severity.INFO if "error" not in result else Severity.WARNING)

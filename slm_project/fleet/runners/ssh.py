@@ -316,12 +316,15 @@ class SshPool:
                 self._lock.wait(remaining)
         try:
             session = connect(target)
-        except SshError:
+        except SshError as exc:
             with self._lock:
                 self._in_use[key] -= 1
-                count, _ = self._failures.get(key, (0, 0.0))
-                delay = min(self.backoff_max, self.backoff_base * 2**count)
-                self._failures[key] = (count + 1, time.monotonic() + delay)
+                # Only an unreachable host is left alone for a while; a refused key or a changed host
+                # key is an answer, and the operator's fix should be tried at once.
+                if isinstance(exc, SshUnreachable):
+                    count, _ = self._failures.get(key, (0, 0.0))
+                    delay = min(self.backoff_max, self.backoff_base * 2**count)
+                    self._failures[key] = (count + 1, time.monotonic() + delay)
                 self._lock.notify()
             raise
         with self._lock:

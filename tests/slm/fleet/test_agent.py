@@ -16,6 +16,8 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +26,7 @@ import pytest
 
 from shared_contracts.schemas.fleet import Heartbeat, RoleReport
 from shared_contracts.version import CONTRACT_VERSION, CONTRACT_VERSION_HEADER
-from tests.fixtures.live_slm import REPO_DIR, base_process_env, free_port
+from tests.fixtures.live_slm import REPO_DIR, LiveSlm, base_process_env, free_port
 from tests.slm.fleet.agent_server import ScriptedSlm
 
 AGENT_PATH = REPO_DIR / "ansible" / "roles" / "slm_agent" / "files" / "autobot_agent.py"
@@ -436,7 +438,7 @@ def manage_slm(live_slm: LiveSlm, *args: str) -> str:
 def slm_api(
     live_slm: LiveSlm, method: str, path: str, token: str, body: dict | None = None
 ) -> tuple[int, dict]:
-    request = urllib.request.Request(
+    request = urllib.request.Request(  # noqa: S310 - the live SLM's own loopback URL
         f"{live_slm.url}{path}",
         data=None if body is None else json.dumps(body).encode(),
         method=method,
@@ -447,7 +449,7 @@ def slm_api(
         },
     )
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - as above
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
