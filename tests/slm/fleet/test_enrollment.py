@@ -71,9 +71,12 @@ def test_enrollment_pins_the_key_gathers_facts_and_issues_a_token(host):
     node = enroll(node)
     assert node.state == NodeState.ONLINE, node.state_reason
     assert node.host_key_fingerprint == host.host_key_fingerprint
-    assert node.kernel and node.os
-    assert node.cpus and node.cpus >= 1
-    assert node.memory_mb and node.memory_mb > 0
+    assert node.kernel
+    assert node.os
+    assert node.cpus
+    assert node.cpus >= 1
+    assert node.memory_mb
+    assert node.memory_mb > 0
     assert node.disk_gb is not None
     token = credential_reveal(credential=node.agent_token_credential).decode()
     assert token.startswith("nat_")

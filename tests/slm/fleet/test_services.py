@@ -162,7 +162,8 @@ def test_a_replayed_sequence_is_acknowledged_but_stored_once():
     node.refresh_from_db()
     again = services.heartbeat_ingest(node=node, heartbeat=heartbeat(5))
     older = services.heartbeat_ingest(node=node, heartbeat=heartbeat(3))
-    assert again.duplicate and older.duplicate
+    assert again.duplicate
+    assert older.duplicate
     assert HeartbeatSample.objects.filter(node=node).count() == 1
 
 

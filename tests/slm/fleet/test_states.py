@@ -64,7 +64,8 @@ def test_every_allowed_transition_is_recorded(from_state, to_state):
     assert NodeEvent.objects.filter(node=node, kind="node.state_changed").count() == 1
 
 
-FORBIDDEN_SAMPLE = sorted(ALL_PAIRS - EXPECTED_ALLOWED)[::3] + [
+FORBIDDEN_SAMPLE = [
+    *sorted(ALL_PAIRS - EXPECTED_ALLOWED)[::3],
     (S.DECOMMISSIONED, S.ONLINE),
     (S.PENDING, S.ONLINE),
     (S.MAINTENANCE, S.ONLINE),
