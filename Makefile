@@ -15,7 +15,15 @@ export SLM_PORT BUSINESS_PORT BUSINESS_SLM_API_URL
 SLM_TEST := DJANGO_SETTINGS_MODULE=slm_project.config.settings.test
 BUSINESS_TEST := DJANGO_SETTINGS_MODULE=business_project.config.settings.test
 
-.PHONY: run test lint guardrails test-slm test-business clean
+# The business app's own SLM API client, made once by `make run` (see slm-api-token below).
+SLM_API_CLIENT := business
+SLM_API_CLIENT_SCOPES := --scope discovery:read --scope nodes:read
+# Where the business settings read the token (SLM_API_TOKEN_FILE); empty when SLM_API_TOKEN is set.
+TOKEN_FILE_QUERY := from business_project.config.env import env; \
+	from business_project.config.settings.integrations.slm import SLM_API_TOKEN_FILE; \
+	print("" if env.is_set("SLM_API_TOKEN") else SLM_API_TOKEN_FILE)
+
+.PHONY: run slm-api-token test lint guardrails test-slm test-business clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +37,8 @@ $(VENV)/.installed-dev: $(VENV)/.installed-local requirements/dev.txt
 	$(PIP) install --quiet -r requirements/dev.txt
 	touch $@
 
-## run: install, migrate both databases, create the first admins, start every process (Ctrl-C stops all)
+## run: install, migrate both databases, create the first admins and the business app's SLM API client,
+## start every process (Ctrl-C stops all)
 run: $(VENV)/.installed-local
 	$(PY) manage_slm.py migrate --noinput
 	$(PY) manage_business.py migrate --noinput
@@ -37,8 +46,37 @@ run: $(VENV)/.installed-local
 	$(PY) manage_business.py collectstatic --noinput -v0
 	$(PY) manage_slm.py bootstrap_admin --env-prefix SLM_
 	$(PY) manage_business.py bootstrap_admin --env-prefix BUSINESS_
+	@$(MAKE) --no-print-directory slm-api-token
 	@echo "SLM ops portal: http://127.0.0.1:$(SLM_PORT)/admin/   business app: http://127.0.0.1:$(BUSINESS_PORT)/"
 	exec $(VENV)/bin/honcho --procfile Procfile start
+
+## slm-api-token: (part of run) create the SLM API client `business` once; its token goes to a 0600 file
+## the business settings read (SLM_API_TOKEN_FILE). The token is written by redirection only: it is never
+## printed, never in a variable of make, never on a command line. An existing file is kept.
+slm-api-token: $(VENV)/.installed-local
+	@token_file="$$($(PY) -c '$(TOKEN_FILE_QUERY)')" || exit 1; \
+	if [ -z "$$token_file" ]; then \
+		echo "SLM API token: the business app uses SLM_API_TOKEN from its environment."; exit 0; \
+	fi; \
+	if [ -s "$$token_file" ]; then \
+		echo "SLM API token: the business app reads $$token_file."; exit 0; \
+	fi; \
+	umask 077; mkdir -p "$$(dirname "$$token_file")"; staging="$$token_file.$$$$.tmp"; \
+	if errors="$$($(PY) manage_slm.py create_api_client --name $(SLM_API_CLIENT) $(SLM_API_CLIENT_SCOPES) 2>&1 >"$$staging")"; then \
+		tail -n 1 "$$staging" >"$$staging.token" && mv "$$staging.token" "$$token_file"; rm -f "$$staging"; \
+		echo "Created the SLM API client '$(SLM_API_CLIENT)'; the business app reads its token from $$token_file (0600)."; \
+	else \
+		rm -f "$$staging"; \
+		case "$$errors" in \
+		*"exists already"*) \
+			echo "The SLM has an API client '$(SLM_API_CLIENT)' already, but its token file $$token_file is gone"; \
+			echo "(a token is shown only once). To hand the business app a new one, delete that client in the ops"; \
+			echo "portal (http://127.0.0.1:$(SLM_PORT)/admin/access/apiclient/) and run 'make run' again, or create"; \
+			echo "another client by hand and set SLM_API_TOKEN (README, \"The business app's SLM token\")."; \
+			echo "Until then the business app runs without a token: its /readyz reports \"token\": \"missing\"." ;; \
+		*) echo "$$errors" >&2; exit 1 ;; \
+		esac; \
+	fi
 
 ## test: install the dev requirements, run the guardrails, then every suite
 test: guardrails test-slm test-business

@@ -242,9 +242,16 @@ def connect(target: SshTarget, *, timeout: float = DEFAULT_CONNECT_TIMEOUT) -> S
         raise SshAuthenticationFailed(
             f"{target.user}@{target.address}:{target.port} refused our credentials"
         ) from None
-    except (paramiko.SSHException, OSError, EOFError) as exc:
+    except OSError as exc:  # refused, timed out, no route (paramiko's NoValidConnectionsError too)
         client.close()
-        raise SshUnreachable(f"{target.address}:{target.port}: {exc.__class__.__name__}") from None
+        raise SshUnreachable(
+            f"{target.address}:{target.port}: cannot connect ({exc.__class__.__name__})"
+        ) from None
+    except (paramiko.SSHException, EOFError) as exc:
+        client.close()
+        raise SshUnreachable(
+            f"{target.address}:{target.port}: SSH handshake failed ({exc.__class__.__name__})"
+        ) from None
     return SshSession(target, client)
 
 

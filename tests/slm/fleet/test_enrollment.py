@@ -220,3 +220,69 @@ def test_a_duplicate_task_delivery_does_nothing(host):
     again = enrollment.enrollment_run(node_id=str(node.pk))
     assert again.state == NodeState.ONLINE
     assert Node.objects.get(pk=node.pk).agent_token_hash == token_hash
+
+
+def test_the_bootstrap_password_leaves_no_trace(ssh_host_factory, caplog, tmp_path, monkeypatch):
+    """A canary password used for an enrollment is afterwards in no database dump, log line, temp file
+    or Celery message."""
+    import logging
+    import tempfile
+
+    from tests.slm.secret_scan import (
+        assert_absent,
+        assert_absent_in_tree,
+        broker_contents,
+        canary,
+        database_dump,
+    )
+
+    password = canary()
+    host = ssh_host_factory.start(password_login=password)
+    temp_root = tmp_path / "tmp"
+    temp_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp_root))
+    caplog.set_level(logging.DEBUG)
+    node = capture_and_accept(node_for(host, ssh_user=host.password_user))
+    node = enroll(node, password=password)
+    assert node.state == NodeState.ONLINE, node.state_reason
+
+    dump = database_dump(tmp_path)
+    assert node.name.encode() in dump  # the dump holds the fleet (or the scan proves nothing)
+    assert_absent(password, dump, "the database dump")
+    logged = caplog.text + "".join(f"{record.args!r}{record.exc_text or ''}" for record in caplog.records)
+    assert "Authentication (password) successful" in logged  # the password was really used
+    assert_absent(password, logged.encode(), "the logs")
+    assert_absent_in_tree(password, temp_root)
+    messages = broker_contents()
+    assert str(node.pk).encode() in messages  # the enrollment was queued, by node id only
+    assert_absent(password, messages, "the Celery broker")
+
+
+def test_the_api_enrolls_through_a_real_worker(host, client):
+    """The whole path: REST request → task queued by id on commit → a Celery worker → node online."""
+    import json
+    import time
+
+    from celery.contrib.testing.worker import start_worker
+
+    from slm_project import celery_app
+    from slm_project.access.services import api_client_create
+
+    node = capture_and_accept(node_for(host))
+    _, token = api_client_create(name="ops-bot", scopes=["nodes:write", "nodes:read"])
+    with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+        response = client.post(
+            f"/api/v1/nodes/{node.pk}/enroll",
+            json.dumps({}),
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Bearer {token}",
+        )
+        assert response.status_code == 202, response.json()
+        assert response.json()["state"] == "enrolling"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            node.refresh_from_db()
+            if node.state != NodeState.ENROLLING:
+                break
+            time.sleep(0.2)
+    assert node.state == NodeState.ONLINE, node.state_reason

@@ -3,19 +3,14 @@ secret that must not surface in a database dump, the logs or the temp directory.
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
-import secrets
 import stat
-import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection
 
 from slm_project.security import vault
 from slm_project.security.choices import CredentialKind
@@ -30,6 +25,7 @@ from slm_project.security.services import (
     credential_rewrap,
     credential_store,
 )
+from tests.slm.secret_scan import assert_absent, canary, database_dump
 
 SSH_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key\n-----END OPENSSH PRIVATE KEY-----\n"
 
@@ -41,27 +37,6 @@ def temp_root(tmp_path, monkeypatch) -> Path:
     root.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(root))
     return root
-
-
-def canary() -> str:
-    return f"canary-{secrets.token_urlsafe(24)}"
-
-
-def encodings(secret: str) -> dict[str, bytes]:
-    """The forms in which a leaked secret would show up in a dump, a log or a file."""
-    raw = secret.encode()
-    return {
-        "raw": raw,
-        "base64": base64.b64encode(raw),
-        "base64url": base64.urlsafe_b64encode(raw),
-        "hex": raw.hex().encode(),
-        "HEX": raw.hex().upper().encode(),
-    }
-
-
-def assert_absent(secret: str, data: bytes, where: str) -> None:
-    for form, encoded in encodings(secret).items():
-        assert encoded not in data, f"the canary appears ({form}) in {where}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -268,33 +243,6 @@ def test_credential_file_of_an_altered_credential_writes_nothing(temp_root):
 
 # --------------------------------------------------------------------------------------------------
 # The canary: a stored secret is nowhere but in memory while it is used
-
-
-def database_dump(directory: Path) -> bytes:
-    """Every byte of the test database as the server would hand it to a backup."""
-    database = connection.settings_dict
-    if settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-        command = ["pg_dump", "--no-owner", "--no-privileges", "--dbname", database["NAME"]]
-        for option, key in (("--host", "HOST"), ("--port", "PORT"), ("--username", "USER")):
-            if database.get(key):
-                command += [option, str(database[key])]
-        result = subprocess.run(
-            command,
-            env=os.environ | {"PGPASSWORD": database.get("PASSWORD") or ""},
-            capture_output=True,
-            check=True,
-            timeout=120,
-        )
-        return result.stdout
-    with connection.cursor() as cursor:
-        if connection.is_in_memory_db():
-            # The test database lives in memory: VACUUM INTO writes its pages to a file as they are.
-            copy = directory / "dump.sqlite3"
-            cursor.execute("VACUUM INTO %s", [str(copy)])
-            return copy.read_bytes()
-        cursor.execute("PRAGMA wal_checkpoint(FULL)")
-    files = [Path(database["NAME"]), Path(f"{database['NAME']}-wal")]
-    return b"".join(path.read_bytes() for path in files if path.exists())
 
 
 @pytest.mark.django_db(transaction=True)

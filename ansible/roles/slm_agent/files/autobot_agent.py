@@ -519,10 +519,10 @@ class HeartbeatBuffer:
             known.append(int(state["sequence"]))
         if known:
             return max(known)
-        # There is no history: this is the first start, or the buffer dir was wiped. The SLM stores each
-        # sequence once per node, so starting again at 0 would make it discard this node's heartbeats as
-        # duplicates. Unix seconds are higher than any sequence an earlier agent could have reached from its
-        # own start time at one heartbeat per interval of 1 s or more.
+        # There is no history: this is the first start, or the buffer dir was wiped. The SLM takes a sequence
+        # at or below the last one it stored for a node as a replay, so starting again at 0 would make it
+        # discard this node's heartbeats. Unix seconds are above any sequence an earlier agent could have
+        # reached from its own start time at one heartbeat per interval of 1 s or more.
         return int(time.time())
 
     def next_sequence(self) -> int:
@@ -655,11 +655,11 @@ class Agent:
 
         It is never sent straight from memory. The disk comes first, so a crash during the POST loses nothing.
         """
-        sequence = self.buffer.next_sequence()
         try:
+            sequence = self.buffer.next_sequence()
             self.buffer.store(sequence, self.collector.collect(sequence))
-        except OSError as exc:
-            log.error("could not buffer heartbeat %d: %s", sequence, exc)
+        except OSError as exc:  # a full or read-only disk: keep running, the SLM sees the node go quiet
+            log.error("could not record a heartbeat in %s: %s", self.config.buffer_dir, exc)
 
     def flush(self) -> Flush:
         """Send the buffered heartbeats oldest first. Stop at the first one not delivered, so order holds."""
