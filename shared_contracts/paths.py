@@ -43,4 +43,9 @@ def discovery_service(service: str) -> str:
 
 def node_segment(node_id: UUID | str) -> str:
     """The canonical text of a node id; ``ValueError`` for anything that is not a UUID."""
-    return str(node_id if isinstance(node_id, UUID) else UUID(str(node_id)))
+    if isinstance(node_id, UUID):
+        return str(node_id)
+    try:
+        return str(UUID(str(node_id)))
+    except ValueError:
+        raise ValueError(f"a node id is a UUID, not {str(node_id)[:60]!r}") from None

@@ -23,7 +23,7 @@ from rest_framework.exceptions import ValidationError as DrfValidationError
 from unfold.admin import ModelAdmin, TabularInline
 from unfold.decorators import action, display
 from unfold.enums import ActionVariant
-from unfold.widgets import UnfoldAdminCheckboxSelectMultiple
+from unfold.widgets import UnfoldAdminCheckboxSelectMultipleWidget
 
 from slm_project.fleet import admin_views, dashboard, enrollment, selectors, services
 from slm_project.fleet.admin_views import (
@@ -61,7 +61,7 @@ class NodeForm(forms.ModelForm):
     roles = forms.MultipleChoiceField(
         choices=RoleName.choices,
         required=False,
-        widget=UnfoldAdminCheckboxSelectMultiple,
+        widget=UnfoldAdminCheckboxSelectMultipleWidget,
         help_text="Roles this node should run; deployments install them.",
     )
 
@@ -357,6 +357,12 @@ class NodeAdmin(ModelAdmin):
     def save_related(self, request: HttpRequest, form: forms.ModelForm, formsets: Any, change: bool) -> None:
         # Roles are saved by the service; the inlines are read-only.
         return
+
+    def construct_change_message(
+        self, request: HttpRequest, form: Any, formsets: Any, add: bool = False
+    ) -> Any:
+        # The inlines were not saved (read-only), so only the form's changes are history.
+        return super().construct_change_message(request, form, [], add)
 
     def log_addition(self, request: HttpRequest, obj: Any, message: Any) -> Any:
         if not getattr(request, _SAVE_REFUSED, False):

@@ -17,7 +17,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from slm_project.fleet import selectors
-from slm_project.fleet.admin_views import heartbeat_age, severity_badge, state_badge
+from slm_project.fleet.admin_views import age, heartbeat_age, severity_badge, state_badge
 from slm_project.fleet.choices import EventKind, NodeState
 from slm_project.fleet.models import HeartbeatSample, Node, NodeEvent
 
@@ -73,7 +73,7 @@ def fleet_overview(request: HttpRequest) -> dict[str, Any]:
         if node.state in (NodeState.ONLINE, NodeState.DEGRADED) and (
             node.last_heartbeat_at is None or node.last_heartbeat_at < overdue_before
         ):
-            reasons.append(f"no heartbeat since {heartbeat_age(node, overdue_before=overdue_before)}")
+            reasons.append(f"no heartbeat since {age(node.last_heartbeat_at, now=now)}")
         attention.append(
             {
                 "node": node,
@@ -83,30 +83,26 @@ def fleet_overview(request: HttpRequest) -> dict[str, Any]:
             }
         )
 
-    host_key_alerts = [event for event in open_events if event.kind == EventKind.HOST_KEY_CHANGED]
-    if len(open_events) == OPEN_EVENTS_SHOWN:
-        # The open list is capped: look the critical ones up on their own so none is missed.
-        host_key_alerts = list(
-            selectors.node_events(needs_attention=True)
-            .filter(kind=EventKind.HOST_KEY_CHANGED)
-            .select_related("node")[:OPEN_EVENTS_SHOWN]
-        )
-        for event in host_key_alerts:
-            _decorate_event(event)
+    # Looked up on their own, not picked from the capped open list: none may be missed.
+    host_key_alerts = list(
+        selectors.node_events(needs_attention=True)
+        .filter(kind=EventKind.HOST_KEY_CHANGED)
+        .select_related("node")[:OPEN_EVENTS_SHOWN]
+    )
+    for event in host_key_alerts:
+        _decorate_event(event)
 
     recent_events = list(selectors.node_events().select_related("node")[:RECENT_EVENTS])
     for event in recent_events:
         _decorate_event(event)
 
     chart_nodes = [node for node in attention_nodes if node.state != NodeState.DECOMMISSIONED]
-    room = SPARKLINE_NODES - len(chart_nodes)
-    if room > 0:
-        chart_nodes += list(
-            Node.objects.filter(state__in=CHARTED_STATES)
-            .exclude(pk__in=[node.pk for node in chart_nodes])
-            .order_by("name")[:room]
-        )
-    chart_nodes = chart_nodes[:SPARKLINE_NODES]
+    others = (
+        Node.objects.filter(state__in=CHARTED_STATES)
+        .exclude(pk__in=summary["needing_attention"])
+        .order_by("name")[:SPARKLINE_NODES]
+    )
+    chart_nodes = (chart_nodes + list(others))[:SPARKLINE_NODES]
     series = sparkline_series([node.pk for node in chart_nodes], now=now)
     sparklines = [
         {
@@ -161,6 +157,7 @@ def sparkline_series(node_ids: list[Any], *, now: datetime) -> dict[str, dict[st
 
 def _decorate_event(event: NodeEvent) -> None:
     event.severity_badge = severity_badge(event.severity)
+    event.age = age(event.created_at)
     event.node_state_badge = state_badge(event.node.state)
 
 

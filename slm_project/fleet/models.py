@@ -236,6 +236,7 @@ class MetricRollup(models.Model):
 
     class Meta:
         ordering = ["node", "resolution", "bucket_start"]
+        indexes = [models.Index(fields=["resolution", "bucket_start"])]
         constraints = [
             models.UniqueConstraint(
                 fields=["node", "resolution", "bucket_start"], name="rollup_bucket_unique"

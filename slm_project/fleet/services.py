@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
@@ -23,7 +23,7 @@ from slm_project.fleet.choices import EventKind, NodeState, ServiceState, Severi
 from slm_project.fleet.constants import AGENT_TOKEN_PREFIX
 from slm_project.fleet.models import HeartbeatSample, Node, NodeEvent, NodeRole, Role, Service
 from slm_project.fleet.registry import ROLES
-from slm_project.fleet.states import node_transition, observation_may_change
+from slm_project.fleet.states import TransitionNotAllowed, node_transition, observation_may_change
 
 _DNS_NAME = re.compile(
     r"^(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$"
@@ -407,6 +407,41 @@ def _services_upsert(*, node: Node, heartbeat: dict[str, Any]) -> None:
         version = versions[node_role.role.name]
         if version and node_role.actual_version != version:
             NodeRole.objects.filter(pk=node_role.pk).update(actual_version=version)
+
+
+def node_heartbeat_watch(*, now=None) -> list[Node]:
+    """Online nodes whose agent has been silent for three intervals become ``degraded`` (audited, trigger
+    ``health``); a later heartbeat that reports every role running brings them back online."""
+    from datetime import timedelta
+
+    from slm_project.fleet.constants import HEARTBEAT_INTERVAL_SECONDS
+
+    now = now or timezone.now()
+    overdue = now - timedelta(seconds=3 * HEARTBEAT_INTERVAL_SECONDS)
+    silent = Node.objects.filter(state=NodeState.ONLINE).filter(
+        models.Q(last_heartbeat_at__lt=overdue)
+        | models.Q(last_heartbeat_at__isnull=True, state_changed_at__lt=overdue)
+    )
+    degraded = []
+    for node in silent:
+        seen = (
+            f"last heartbeat {node.last_heartbeat_at:%Y-%m-%d %H:%M:%S}Z"
+            if node.last_heartbeat_at
+            else "no heartbeat yet"
+        )
+        try:
+            degraded.append(
+                node_transition(
+                    node=node,
+                    to_state=NodeState.DEGRADED,
+                    trigger=Trigger.HEALTH,
+                    actor="heartbeat-watch",
+                    reason=f"agent silent ({seen})",
+                )
+            )
+        except TransitionNotAllowed:
+            continue  # an operator moved it meanwhile
+    return degraded
 
 
 def node_mark_error(*, node: Node, reason: str, actor: str) -> Node:

@@ -3,7 +3,7 @@ idempotent: a duplicate delivery of an enrollment finds the node no longer ``enr
 
 from celery import shared_task
 
-from slm_project.fleet import enrollment
+from slm_project.fleet import enrollment, metrics, services
 
 # Enrollment talks to one host with bounded timeouts; a crash is redelivered (acks late) and the
 # second run sees the state the first one left.
@@ -23,3 +23,18 @@ def enroll_node(node_id: str) -> str:
 @shared_task(name="fleet.test_node_connection", soft_time_limit=90, time_limit=120)
 def test_node_connection(node_id: str, actor: str) -> dict:
     return enrollment.connection_test_run(node_id=node_id, actor=actor)
+
+
+@shared_task(name="fleet.heartbeat_watch", soft_time_limit=60, time_limit=90)
+def heartbeat_watch() -> int:
+    return len(services.node_heartbeat_watch())
+
+
+@shared_task(name="fleet.metrics_rollup", soft_time_limit=240, time_limit=300)
+def metrics_rollup(resolution: str) -> int:
+    return metrics.metrics_rollup(resolution=resolution)
+
+
+@shared_task(name="fleet.metrics_prune", soft_time_limit=600, time_limit=900)
+def metrics_prune() -> dict:
+    return metrics.metrics_prune()

@@ -1,12 +1,15 @@
 """``SlmClient``: timeouts, retries only where safe, the version handshake and typed errors."""
 
 import time
+from urllib.parse import parse_qs
+from uuid import UUID
 
 import pytest
 
 from shared_contracts import errors
 from shared_contracts.client import SlmClient
 from shared_contracts.schemas.common import MetaInfo
+from shared_contracts.schemas.fleet import FleetSummary, Node, ServiceEndpoint
 from shared_contracts.version import CONTRACT_VERSION
 from tests.contracts.scripted_server import Answer, ScriptedServer
 from tests.fixtures.live_slm import free_port
@@ -152,3 +155,108 @@ def test_newer_minor_versions_may_add_fields(server):
 def test_only_http_urls_are_accepted():
     with pytest.raises(ValueError, match="http"):
         SlmClient("ftp://slm", "t")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fleet and discovery methods: paths, query parameters, validation
+
+NODE_ID = "6f1c1a52-4d0e-4c55-9a0c-1f8f3f7f2b10"
+NODE = {
+    "id": NODE_ID,
+    "name": "llm-1",
+    "address": "10.0.0.5",
+    "ssh_port": 22,
+    "ssh_user": "autobot",
+    "state": "online",
+    "state_reason": "",
+    "labels": {"zone": "a"},
+    "facts": {"os": "Debian 12", "kernel": "6.1", "cpus": 8, "memory_mb": 32000, "disk_gb": None},
+    "roles": [{"role": "llm", "desired_version": "", "actual_version": "0.5.1", "status": "active"}],
+    "host_key_fingerprint": "SHA256:abc",
+    "last_heartbeat_at": "2026-11-27T10:00:00Z",
+    "agent_version": "1.0.0",
+    "created_at": "2026-11-27T09:00:00Z",
+    "updated_at": "2026-11-27T10:00:00Z",
+}
+ENDPOINT = {
+    "service": "ollama",
+    "node_id": NODE_ID,
+    "node_name": "llm-1",
+    "address": "10.0.0.5",
+    "port": 11434,
+    "protocol": "http",
+    "state": "running",
+    "healthy": True,
+    "url": "http://10.0.0.5:11434",
+}
+
+
+def test_list_nodes_sends_filters_and_returns_a_page_of_nodes(server):
+    server.script(Answer(body={"count": 1, "next": None, "previous": None, "results": [NODE]}))
+    page = client_for(server).list_nodes(state=["online", "degraded"], role="llm", search="llm", page_size=50)
+    assert page.count == 1
+    assert isinstance(page.results[0], Node)
+    assert page.results[0].facts.cpus == 8
+    (request,) = server.requests
+    path, _, query = request.path.partition("?")
+    assert path == "/api/v1/nodes"
+    assert parse_qs(query) == {
+        "page": ["1"],
+        "state": ["online,degraded"],
+        "role": ["llm"],
+        "search": ["llm"],
+        "page_size": ["50"],
+    }
+
+
+def test_list_nodes_refuses_a_page_below_one_without_asking(server):
+    with pytest.raises(ValueError, match="page"):
+        client_for(server).list_nodes(page=0)
+    assert server.requests == []
+
+
+def test_get_node_puts_only_a_uuid_in_the_path(server):
+    server.script(Answer(body=NODE))
+    assert client_for(server).get_node(NODE_ID.upper()).id == UUID(NODE_ID)
+    assert server.requests[0].path == f"/api/v1/nodes/{NODE_ID}"
+    with pytest.raises(ValueError, match="UUID"):
+        client_for(server).get_node(f"{NODE_ID}/decommission")
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("service", "path"),
+    [
+        ("ollama", "/api/v1/discovery/ollama"),
+        ("../nodes", "/api/v1/discovery/..%2Fnodes"),
+        ("a b?c=d#e", "/api/v1/discovery/a%20b%3Fc%3Dd%23e"),
+    ],
+)
+def test_discover_encodes_the_service_name_as_one_segment(server, service, path):
+    server.script(Answer(body=[ENDPOINT]))
+    (endpoint,) = client_for(server).discover(service)
+    assert isinstance(endpoint, ServiceEndpoint)
+    assert server.requests[0].path == path
+
+
+def test_discovery_keeps_the_slm_order(server):
+    unhealthy = ENDPOINT | {"healthy": False, "state": "stopped", "node_name": "aaa"}
+    server.script(Answer(body=[ENDPOINT, unhealthy]))
+    endpoints = client_for(server).discovery()
+    assert [endpoint.healthy for endpoint in endpoints] == [True, False]
+    assert server.requests[0].path == "/api/v1/discovery"
+
+
+def test_a_list_answer_outside_the_schema_is_a_mismatch(server):
+    server.script(Answer(body=[{"service": "ollama"}]))
+    with pytest.raises(errors.ContractMismatch, match="ServiceEndpoint"):
+        client_for(server).discover("ollama")
+
+
+def test_fleet_summary(server):
+    body = {"total": 2, "by_state": {"online": 2}, "by_role": {"llm": 1}, "needing_attention": [NODE_ID]}
+    server.script(Answer(body=body))
+    summary = client_for(server).fleet_summary()
+    assert isinstance(summary, FleetSummary)
+    assert summary.needing_attention == [UUID(NODE_ID)]
+    assert server.requests[0].path == "/api/v1/fleet/summary"

@@ -209,7 +209,7 @@ def test_get_node_returns_the_heartbeat_facts(client, fleet):
 def test_an_unknown_node_is_not_found_and_a_non_uuid_never_leaves_the_client(client):
     with pytest.raises(errors.NotFound):
         client.get_node(uuid.uuid4())
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="UUID"):
         client.get_node("../meta")
 
 
@@ -233,7 +233,7 @@ def test_discover_encodes_the_service_name_as_one_path_segment(client):
     assert client.discover("no such service") == []
     with pytest.raises(errors.NotFound):
         client.discover("../nodes")  # a "/" inside the name never matches the one-segment route
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="service name"):
         client.discover("")
 
 
@@ -380,9 +380,8 @@ def test_a_revoked_or_made_up_token_is_an_authentication_failure(fleet, live_slm
         "unknown": f"slm_{secrets.token_hex(8)}_{secrets.token_urlsafe(32)}",
         "garbage": "not-a-token",
     }[which]
-    with fleet.client(token) as slm:
-        with pytest.raises(errors.AuthenticationFailed) as excinfo:
-            slm.discover("ollama")
+    with fleet.client(token) as slm, pytest.raises(errors.AuthenticationFailed) as excinfo:
+        slm.discover("ollama")
     assert excinfo.value.status == 401
     assert token not in str(excinfo.value)
 

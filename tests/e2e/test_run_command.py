@@ -1,6 +1,7 @@
 """The README's run command, end to end: `make run` on an empty var dir brings up all six processes;
-both web processes answer; the business app reaches the SLM through the contract client; the first
-admin logs into the SLM ops portal; Ctrl-C (SIGINT to the foreground process group) stops everything."""
+both web processes answer; the business app reaches the SLM through the contract client with the API
+token `make run` made for it; the first admin logs into the SLM ops portal; Ctrl-C (SIGINT to the
+foreground process group) stops everything."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -39,6 +42,7 @@ class RunCommand:
         self.slm_port = free_port()
         self.business_port = free_port()
         self.log_path = tmp_path / "make-run.log"
+        self.var_dir = tmp_path / "var"
         env = {
             name: value
             for name, value in os.environ.items()
@@ -46,7 +50,7 @@ class RunCommand:
             and name not in {"REDIS_URL", "DATABASE_URL", "CELERY_BROKER_URL", "SECRET_KEY"}
         }
         env |= {
-            "VAR_DIR": str(tmp_path / "var"),
+            "VAR_DIR": str(self.var_dir),
             "SLM_PORT": str(self.slm_port),
             "BUSINESS_PORT": str(self.business_port),
             "ADMIN_PASSWORD": ADMIN_PASSWORD,
@@ -150,6 +154,13 @@ def test_make_run_brings_up_the_whole_system_and_ctrl_c_stops_it(run_command):
     assert ready["status"] == "ready", ready
     assert ready["info"]["slm"]["reachable"] is True
     assert ready["info"]["slm"]["url"] == run_command.slm
+    # make run created the business app's SLM API client and handed its token over in a 0600 file,
+    # never through the output.
+    assert ready["info"]["slm"]["token"] == "accepted", ready
+    token_file = run_command.var_dir / "business" / "slm_api_token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert "Created the SLM API client 'business'" in run_command.log()
+    assert token_file.read_text().strip() not in run_command.log()
     assert requests.get(f"{run_command.slm}/readyz", timeout=30).json()["status"] == "ready"
 
     portal = admin_login(run_command.slm, "slm_")
@@ -172,3 +183,51 @@ def test_make_run_brings_up_the_whole_system_and_ctrl_c_stops_it(run_command):
     for port in (run_command.slm_port, run_command.business_port):
         with pytest.raises(requests.ConnectionError):
             requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def make_env(var_dir: Path) -> dict[str, str]:
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("SLM_", "BUSINESS_", "DJANGO_", "AUTOBOT_", "PYTEST_", "MAKE"))
+    }
+    return env | {"VAR_DIR": str(var_dir)}
+
+
+def test_the_token_hand_over_runs_once_and_says_what_to_do_when_the_file_is_gone(tmp_path):
+    env = make_env(tmp_path / "var")
+    subprocess.run(
+        [sys.executable, "manage_slm.py", "migrate", "--noinput", "-v0"],
+        cwd=REPO_DIR,
+        env=env,
+        check=True,
+        timeout=300,
+    )
+    token_file = tmp_path / "var" / "business" / "slm_api_token"
+
+    def hand_over() -> str:
+        result = subprocess.run(
+            ["make", "--no-print-directory", "slm-api-token"],
+            cwd=REPO_DIR,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout + result.stderr
+
+    output = hand_over()
+    token = token_file.read_text().strip()
+    assert token.startswith("slm_")
+    assert token not in output
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+
+    assert f"reads {token_file}" in hand_over()
+    assert token_file.read_text().strip() == token  # kept, not replaced
+
+    token_file.unlink()
+    output = hand_over()
+    assert "has an API client 'business' already" in output
+    assert "SLM_API_TOKEN" in output
+    assert not token_file.exists()

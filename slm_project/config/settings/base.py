@@ -10,6 +10,7 @@ from slm_project.config.settings.integrations.celery import *  # noqa: F403
 from slm_project.config.settings.integrations.database import *  # noqa: F403
 from slm_project.config.settings.integrations.logging import *  # noqa: F403
 from slm_project.config.settings.integrations.rest import *  # noqa: F403
+from slm_project.config.settings.integrations.schedule import *  # noqa: F403
 from slm_project.config.settings.integrations.vault import *  # noqa: F403
 
 SECRET_KEY = env.str("SECRET_KEY", default="") or persistent_secret_key(VAR_DIR / "secret_key")
@@ -61,4 +62,11 @@ UNFOLD = {
     "SITE_TITLE": "AutoBot SLM",
     "SITE_HEADER": "AutoBot SLM — operations",
     "SITE_SYMBOL": "dns",
+    # The admin index is the fleet overview; the sidebar leads with the fleet, then every other app.
+    "DASHBOARD_CALLBACK": "slm_project.fleet.dashboard.dashboard_callback",
+    "SIDEBAR": {
+        "show_search": True,
+        "show_all_applications": True,
+        "navigation": "slm_project.fleet.dashboard.sidebar_navigation",
+    },
 }
