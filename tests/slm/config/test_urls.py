@@ -8,7 +8,19 @@ from tests.route_rules import BUSINESS_FEATURE_WORDS, route_paths, routes_matchi
 
 def test_the_slm_serves_its_api_portal_probes_and_schema():
     paths = route_paths(get_resolver())
-    for expected in ("healthz", "readyz", "api/v1/meta", "api/schema/", "api/docs/", "admin/"):
+    for expected in (
+        "healthz",
+        "readyz",
+        "api/v1/meta",
+        "api/v1/nodes",
+        "api/v1/nodes/<uuid:node_id>/heartbeat",
+        "api/v1/nodes/<uuid:node_id>/enroll",
+        "api/v1/fleet/summary",
+        "api/v1/discovery/<str:service>",
+        "api/schema/",
+        "api/docs/",
+        "admin/",
+    ):
         assert expected in paths, f"{expected} missing from the SLM URL map"
 
 

@@ -35,7 +35,7 @@ def test_five_minute_rollups_aggregate_closed_buckets_only():
     written = metrics.metrics_rollup(
         resolution="5m", now=T0 + timedelta(minutes=7), lookback=timedelta(hours=1)
     )
-    assert written == 1  # 10:05–10:10 is still open
+    assert written == 1  # 10:05 to 10:10 is still open
     rollup = MetricRollup.objects.get()
     assert rollup.bucket_start == T0
     assert rollup.samples == 10

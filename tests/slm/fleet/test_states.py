@@ -108,3 +108,16 @@ def test_the_transition_judges_the_current_row_not_a_stale_copy():
     # but error → online is not, and the check uses the database row.
     with pytest.raises(states.TransitionNotAllowed):
         states.node_transition(node=stale, to_state=S.ONLINE, trigger=Trigger.OPERATOR, actor="a")
+
+
+def test_every_fleet_enum_equals_its_contract_enum():
+    from shared_contracts.schemas import fleet as contract
+    from slm_project.fleet import choices
+
+    for ours, theirs in [
+        (choices.NodeState, contract.NodeState),
+        (choices.RoleName, contract.RoleName),
+        (choices.ServiceState, contract.ServiceState),
+        (choices.Severity, contract.Severity),
+    ]:
+        assert set(ours.values) == {member.value for member in theirs}, ours.__name__
