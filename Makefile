@@ -91,6 +91,8 @@ guardrails: lint
 	$(BUSINESS_TEST) $(PY) manage_business.py check --fail-level WARNING
 	$(SLM_TEST) $(PY) manage_slm.py makemigrations --check --dry-run
 	$(BUSINESS_TEST) $(PY) manage_business.py makemigrations --check --dry-run
+	$(SLM_TEST) $(PY) manage_slm.py spectacular --validate --fail-on-warn --file /dev/null
+	$(BUSINESS_TEST) $(PY) manage_business.py spectacular --validate --fail-on-warn --file /dev/null
 
 # Two runs because the two projects are two Django settings modules. pytest's exit code 5 ("no tests
 # ran") is turned into a named failure: every suite has tests, so it means a collection mistake.

@@ -129,7 +129,9 @@ def rest_framework_settings() -> dict[str, Any]:
     }
 
 
-def spectacular_settings(*, title: str, description: str, version: str) -> dict[str, Any]:
+def spectacular_settings(
+    *, title: str, description: str, version: str, enum_name_overrides: dict[str, str] | None = None
+) -> dict[str, Any]:
     return {
         "SPECTACULAR_SETTINGS": {
             "TITLE": title,
@@ -141,6 +143,8 @@ def spectacular_settings(*, title: str, description: str, version: str) -> dict[
             "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
             "REDOC_DIST": "SIDECAR",
             "COMPONENT_SPLIT_REQUEST": True,
+            # Stable component names for shared enums instead of drf-spectacular's hashed ones.
+            "ENUM_NAME_OVERRIDES": enum_name_overrides or {},
         }
     }
 

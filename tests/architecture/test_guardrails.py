@@ -28,6 +28,8 @@ def test_the_test_command_runs_every_guardrail():
         "manage_business.py check",
         "manage_slm.py makemigrations --check",
         "manage_business.py makemigrations --check",
+        "manage_slm.py spectacular --validate --fail-on-warn",
+        "manage_business.py spectacular --validate --fail-on-warn",
         "tests/architecture",
     ):
         assert command in makefile, command

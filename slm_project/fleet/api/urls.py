@@ -25,5 +25,5 @@ urlpatterns = [
     path("services", views.ServiceListView.as_view(), name="service-list"),
     path("fleet/summary", views.FleetSummaryView.as_view(), name="fleet-summary"),
     path("discovery", views.DiscoveryView.as_view(), name="discovery"),
-    path("discovery/<str:service>", views.DiscoveryView.as_view(), name="discovery-service"),
+    path("discovery/<str:service>", views.ServiceDiscoveryView.as_view(), name="discovery-service"),
 ]

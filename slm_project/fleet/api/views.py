@@ -7,12 +7,13 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from pydantic import ValidationError as PydanticValidationError
-from rest_framework import status
+from rest_framework import generics, mixins, status
 from rest_framework.exceptions import AuthenticationFailed, ValidationError
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from service_kit.pagination import PageNumberPagination
 from shared_contracts.schemas.fleet import Heartbeat
 from slm_project.access.authentication import ApiClientAuthentication, HasScope, actor_of, bearer_token
 from slm_project.access.tokens import token_matches
@@ -33,36 +34,25 @@ class FleetView(APIView):
     def node(self, node_id) -> Node:
         return get_object_or_404(Node, pk=node_id)
 
-    def page(self, request, queryset, serializer_class):
-        paginator = self.paginator
-        page = paginator.paginate_queryset(queryset, request, view=self)
-        return paginator.get_paginated_response(serializer_class(page, many=True).data)
 
-    @property
-    def paginator(self):
-        if not hasattr(self, "_paginator"):
-            from service_kit.pagination import PageNumberPagination
+class FleetListView(FleetView, mixins.ListModelMixin, generics.GenericAPIView):
+    """A paginated list (published in the OpenAPI schema as a page of ``serializer_class``)."""
 
-            self._paginator = PageNumberPagination()
-        return self._paginator
+    pagination_class = PageNumberPagination
+
+    def get(self, request, *args, **kwargs):
+        return self.list(request, *args, **kwargs)
 
 
 def _list_param(request, name: str) -> list[str]:
     return [value for raw in request.query_params.getlist(name) for value in raw.split(",") if value]
 
 
-class NodeListView(FleetView):
-    @extend_schema(
-        responses=s.NodeOutputSerializer(many=True),
-        parameters=[
-            OpenApiParameter("state", str, many=True),
-            OpenApiParameter("role", str, many=True),
-            OpenApiParameter("search", str),
-            OpenApiParameter("label", str, description="key or key=value"),
-            OpenApiParameter("ordering", str, enum=sorted(selectors.ORDERINGS)),
-        ],
-    )
-    def get(self, request):
+class NodeListView(FleetListView):
+    serializer_class = s.NodeOutputSerializer
+
+    def get_queryset(self):
+        request = self.request
         states = _list_param(request, "state")
         unknown = sorted(set(states) - set(NodeState.values))
         if unknown:
@@ -73,8 +63,19 @@ class NodeListView(FleetView):
             "search": request.query_params.get("search", "").strip(),
             "label": request.query_params.get("label", "").strip(),
         }
-        nodes = selectors.node_list(filters=filters, ordering=request.query_params.get("ordering", "name"))
-        return self.page(request, nodes, s.NodeOutputSerializer)
+        return selectors.node_list(filters=filters, ordering=request.query_params.get("ordering", "name"))
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("state", str, many=True),
+            OpenApiParameter("role", str, many=True),
+            OpenApiParameter("search", str),
+            OpenApiParameter("label", str, description="key or key=value"),
+            OpenApiParameter("ordering", str, enum=sorted(selectors.ORDERINGS)),
+        ],
+    )
+    def get(self, request, *args, **kwargs):
+        return self.list(request, *args, **kwargs)
 
     @extend_schema(request=s.NodeCreateInputSerializer, responses={201: s.NodeDetailOutputSerializer})
     def post(self, request):
@@ -142,23 +143,24 @@ def _valid(serializer_class, request) -> dict:
     return serializer.validated_data
 
 
-class NodeEventListView(FleetView):
-    @extend_schema(responses=s.NodeEventOutputSerializer(many=True))
-    def get(self, request, node_id):
-        return self.page(request, selectors.node_events(node=self.node(node_id)), s.NodeEventOutputSerializer)
+class NodeEventListView(FleetListView):
+    serializer_class = s.NodeEventOutputSerializer
+
+    def get_queryset(self):
+        return selectors.node_events(node=self.node(self.kwargs["node_id"]))
 
 
-class EventListView(FleetView):
-    @extend_schema(
-        responses=s.NodeEventOutputSerializer(many=True),
-        parameters=[OpenApiParameter("needs_attention", bool)],
-    )
-    def get(self, request):
-        flag = request.query_params.get("needs_attention")
+class EventListView(FleetListView):
+    serializer_class = s.NodeEventOutputSerializer
+
+    def get_queryset(self):
+        flag = self.request.query_params.get("needs_attention")
         needs_attention = None if flag is None else flag.lower() in {"1", "true", "yes"}
-        return self.page(
-            request, selectors.node_events(needs_attention=needs_attention), s.NodeEventOutputSerializer
-        )
+        return selectors.node_events(needs_attention=needs_attention)
+
+    @extend_schema(parameters=[OpenApiParameter("needs_attention", bool)])
+    def get(self, request, *args, **kwargs):
+        return self.list(request, *args, **kwargs)
 
 
 class NodeMetricsView(FleetView):
@@ -174,17 +176,18 @@ class NodeMetricsView(FleetView):
         )
 
 
-class RoleListView(FleetView):
-    @extend_schema(responses=s.RoleOutputSerializer(many=True))
-    def get(self, request):
-        roles = Role.objects.filter(name__in=ROLES).order_by("name")
-        return self.page(request, roles, s.RoleOutputSerializer)
+class RoleListView(FleetListView):
+    serializer_class = s.RoleOutputSerializer
+
+    def get_queryset(self):
+        return Role.objects.filter(name__in=ROLES).order_by("name")
 
 
-class ServiceListView(FleetView):
-    @extend_schema(responses=s.ServiceEndpointOutputSerializer(many=True))
-    def get(self, request):
-        return self.page(request, selectors.discovery_endpoints(), s.ServiceEndpointOutputSerializer)
+class ServiceListView(FleetListView):
+    serializer_class = s.ServiceEndpointOutputSerializer
+
+    def get_queryset(self):
+        return selectors.discovery_endpoints()
 
 
 class FleetSummaryView(FleetView):
@@ -194,12 +197,21 @@ class FleetSummaryView(FleetView):
 
 
 class DiscoveryView(FleetView):
+    """Discoverable endpoints (healthy first), all or of one service; not paginated: a caller wants
+    every endpoint of a service at once."""
+
     required_scopes = {"GET": DISCOVER}
 
-    @extend_schema(responses=s.ServiceEndpointOutputSerializer(many=True))
+    @extend_schema(responses=s.ServiceEndpointOutputSerializer(many=True), operation_id="discovery_list")
     def get(self, request, service: str | None = None):
         endpoints = selectors.discovery_endpoints(service=service)
         return Response(s.ServiceEndpointOutputSerializer(endpoints, many=True).data)
+
+
+class ServiceDiscoveryView(DiscoveryView):
+    @extend_schema(responses=s.ServiceEndpointOutputSerializer(many=True), operation_id="discovery_service")
+    def get(self, request, service: str | None = None):
+        return super().get(request, service)
 
 
 class HeartbeatView(APIView):

@@ -9,5 +9,11 @@ globals().update(
         title="AutoBot SLM API",
         description="The management layer: fleet, deployments, health, and the business layer's contract.",
         version=f"contract {CONTRACT_VERSION}",
+        enum_name_overrides={
+            "NodeStateEnum": "slm_project.fleet.choices.NodeState",
+            "ServiceStateEnum": "slm_project.fleet.choices.ServiceState",
+            "SeverityEnum": "slm_project.fleet.choices.Severity",
+            "NodeRoleStatusEnum": "slm_project.fleet.choices.NodeRoleStatus",
+        },
     )
 )
