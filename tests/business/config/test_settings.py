@@ -56,3 +56,14 @@ def test_ci_runs_the_suite_on_postgresql_and_redis():
         pytest.skip("outside CI the suite may run on SQLite and local-memory parts")
     assert settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
     assert settings.CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache"
+
+
+def test_production_takes_the_slm_token_from_a_file(tmp_path):
+    token_file = tmp_path / "slm_token"
+    token_file.write_text("token-from-a-secret-file\n")
+    env = {name: value for name, value in VALID.items() if name != "SLM_API_TOKEN"}
+    result = run_check(env | {"SLM_API_TOKEN_FILE": str(token_file)}, tmp_path)
+    assert result.returncode == 0, result.stderr
+    missing = run_check(env | {"SLM_API_TOKEN_FILE": str(tmp_path / "absent")}, tmp_path)
+    assert missing.returncode != 0
+    assert "BUSINESS_SLM_API_TOKEN_FILE (or SLM_API_TOKEN_FILE)" in missing.stderr
