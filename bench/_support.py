@@ -178,9 +178,6 @@ class SlmInstance:
                 "SLM_DATABASE_URL": self.database_url,
                 "SLM_SECRET_KEY": self.secret_key,
                 "SLM_ALLOWED_HOSTS": "127.0.0.1,localhost",
-                # Warnings still reach the log; an INFO line per request would be a benchmark of logging.
-                "SLM_LOG_LEVEL": "WARNING",
-                "PYTHONDONTWRITEBYTECODE": "1",
             }
         )
         return env
@@ -195,7 +192,9 @@ class SlmInstance:
             timeout=timeout,
         )
         if result.returncode != 0:
-            raise RuntimeError(f"manage_slm.py {args[0]} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+            raise RuntimeError(
+                f"manage_slm.py {args[0]} failed ({result.returncode}):\n{result.stderr[-4000:]}"
+            )
         return result
 
     def python(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -209,7 +208,9 @@ class SlmInstance:
             timeout=timeout,
         )
         if result.returncode != 0:
-            raise RuntimeError(f"python {' '.join(args[:2])} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+            raise RuntimeError(
+                f"python {' '.join(args[:2])} failed ({result.returncode}):\n{result.stderr[-4000:]}"
+            )
         return result
 
     def gunicorn_args(self) -> list[str]:
@@ -339,4 +340,6 @@ def run_wrk(
     for line in result.stdout.splitlines():
         if line.startswith(WRK_RESULT_MARKER):
             return json.loads(line[len(WRK_RESULT_MARKER) :])
-    raise RuntimeError(f"wrk gave no result ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    raise RuntimeError(
+        f"wrk gave no result ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    )

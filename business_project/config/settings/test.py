@@ -23,6 +23,10 @@ TEST_REDIS_URL = env.str("AUTOBOT_BUSINESS_TEST_REDIS_URL", default="")
 
 if TEST_DATABASE_URL:
     globals().update(database_settings(env.database("AUTOBOT_BUSINESS_TEST_DATABASE_URL", default="")))
+else:
+    # Threads of a test (a Celery worker, an ASGI server) write beside the test: a file in WAL mode
+    # waits for the lock, where SQLite's shared in-memory database fails at once ("table is locked").
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-database.sqlite3")}  # noqa: F405
 globals().update(cache_settings(redis_url=TEST_REDIS_URL, key_prefix="business-test"))
 globals().update(celery_settings(broker_url=TEST_REDIS_URL, var_dir=VAR_DIR))
 

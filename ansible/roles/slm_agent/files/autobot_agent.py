@@ -642,6 +642,8 @@ class Flush(enum.Enum):
 
 
 class Agent:
+    """Ties the parts together: collect into the buffer on every tick, then flush the buffer to the SLM."""
+
     def __init__(self, config: Config, stop: threading.Event) -> None:
         self.config = config
         self.stop = stop

@@ -1,0 +1,498 @@
+"""Heartbeat ingestion of one SLM web process, from 1,000 simulated nodes (issue 3).
+
+Goal: >= 1,000 accepted heartbeats/s with p99 <= 50 ms on this 2-core machine, beside a bare Django JSON
+endpoint (``GET /healthz``) of the same process under the same load shape; and the node list of 1,000
+nodes at p95 <= 100 ms.
+
+Run from the virtualenv: ``python bench/heartbeats.py`` (``--help`` for the knobs). It sets up a fresh
+database (PostgreSQL when 127.0.0.1:5432 answers, SQLite otherwise), a throwaway var dir, 1,000 online
+nodes with their own agent tokens and an API client; starts one gunicorn; drives it with ``wrk``; checks
+that every accepted heartbeat was stored exactly once; tears everything down, even on failure. The last
+line of output is the JSON object of ``docs/BENCHMARKS.md``.
+
+Load shape (the same for heartbeats and the baseline): ``wrk`` with one thread (wrk is C and epoll; one
+thread drives tens of thousands of requests/s, so it takes a small share of the 2 cores the server
+needs, unlike a Python client, which would need about as much CPU as the server it measures) and
+``--connections`` keep-alive connections. A Lua script cycles through the nodes: each request is the
+next node's heartbeat, with that node's token and a sequence one higher than its previous one (sequence
+``base + round``; each run starts a new base, so sequences only grow, as an agent's do). It is a closed
+loop: each connection sends its next request when the answer to the last one arrived.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _support import (
+    SlmInstance,
+    ThrowawayDatabase,
+    ensure_wrk,
+    load_average,
+    make_var_dir,
+    median,
+    percentile,
+    remove_dir,
+    run_wrk,
+    say,
+)
+
+BENCHMARK = "heartbeats"
+GOAL = "≥1000 heartbeats/s with p99 ≤ 50 ms"
+GOAL_RATE = 1000.0
+GOAL_P99_MS = 50.0
+NODE_LIST_GOAL_P95_MS = 100.0
+SEQUENCE_STRIDE = 100_000_000  # one run per stride: far more rounds than a run can make
+GRACE_SECONDS = 3  # after the sending time, for the requests in flight to finish
+API_CLIENT_NAME = "bench-reader"
+
+# Server: ONE gunicorn instance for the 2 cores (see the docstring of ``parse_args`` for the trials
+# that chose it).
+DEFAULT_WORKER_CLASS = "gthread"
+DEFAULT_WORKERS = 2
+DEFAULT_THREADS = 4
+DEFAULT_CONNECTIONS = 32
+
+LUA_SCRIPT = r"""
+-- wrk script of bench/heartbeats.py. Arguments: mode ("heartbeat" or "healthz"), nodes file (one
+-- "<node id> <token>" per line), sequence base, number of wrk threads, seconds of sending.
+--
+-- wrk runs for the sending time plus a grace period: after the sending time delay() holds every
+-- connection, so the requests in flight finish and none is abandoned when wrk stops (the stored rows
+-- can then be compared exactly with the answers). The window is measured with the monotonic clock.
+local ffi = require("ffi")
+ffi.cdef[[
+  typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+  int clock_gettime(int clock_id, bench_timespec *tp);
+]]
+local clock = ffi.new("bench_timespec")
+local function now()
+  ffi.C.clock_gettime(1, clock) -- CLOCK_MONOTONIC
+  return tonumber(clock.tv_sec) + tonumber(clock.tv_nsec) / 1e9
+end
+
+local mode, base, nthreads, send_seconds = "heartbeat", 0, 1, 10
+local nodes = {}
+local deadline = nil
+-- Globals, not locals: done() reads them with thread:get().
+generated, answered, ok, fresh, duplicate, non2xx = 0, 0, 0, 0, 0, 0
+first_sent, last_answer = 0, 0
+local threads = {}
+local next_tid = 0
+
+function setup(thread)
+  thread:set("tid", next_tid)
+  next_tid = next_tid + 1
+  table.insert(threads, thread)
+end
+
+local BODY = '{"sequence":%d,"sent_at":"%s","agent_version":"1.0.0","cpu_percent":%.1f,'
+  .. '"memory_percent":%.1f,"disk_percent":41.5,"load_1m":%.2f,"load_5m":0.52,"load_15m":0.47,'
+  .. '"uptime_seconds":%d,"services":['
+  .. '{"name":"autobot-agent","state":"running","port":null,"protocol":"tcp"},'
+  .. '{"name":"autobot-business-web","state":"running","port":8000,"protocol":"tcp"},'
+  .. '{"name":"autobot-business-worker","state":"running","port":null,"protocol":"tcp"},'
+  .. '{"name":"autobot-business-beat","state":"running","port":null,"protocol":"tcp"}],'
+  .. '"listening_ports":[22,8000],'
+  .. '"roles":[{"role":"slm-agent","running":true,"version":"1.0.0"},'
+  .. '{"role":"backend","running":true,"version":"1.0.0"}]}'
+
+function init(args)
+  mode = args[1]
+  base = tonumber(args[3])
+  nthreads = tonumber(args[4])
+  send_seconds = tonumber(args[5])
+  local index = 0
+  for line in io.lines(args[2]) do
+    local id, token = line:match("^(%S+)%s+(%S+)$")
+    if id and index % nthreads == tid then
+      local auth = "Bearer " .. token
+      nodes[#nodes + 1] = {
+        path = "/api/v1/nodes/" .. id .. "/heartbeat",
+        post = {["Authorization"] = auth, ["Content-Type"] = "application/json",
+                ["Accept"] = "application/json", ["X-AutoBot-Contract"] = "1.0"},
+        get = {["Authorization"] = auth, ["Accept"] = "application/json", ["X-AutoBot-Contract"] = "1.0"},
+      }
+    end
+    index = index + 1
+  end
+  math.randomseed(1000 + tid)
+end
+
+function delay()
+  if deadline ~= nil and now() >= deadline then
+    return 3600000 -- the sending time is over: hold the connection until wrk stops
+  end
+  return 0
+end
+
+function request()
+  if deadline == nil then
+    first_sent = now()
+    deadline = first_sent + send_seconds
+  end
+  local count = #nodes
+  local node = nodes[generated % count + 1]
+  local sequence = base + math.floor(generated / count)
+  generated = generated + 1
+  if mode == "healthz" then
+    return wrk.format("GET", "/healthz", node.get)
+  end
+  local body = string.format(BODY, sequence, os.date("!%Y-%m-%dT%H:%M:%SZ"), math.random() * 100,
+    math.random() * 100, math.random() * 4, 86400 + sequence % 1000000)
+  return wrk.format("POST", node.path, node.post, body)
+end
+
+function response(status, headers, body)
+  answered = answered + 1
+  last_answer = now()
+  if status >= 200 and status < 300 then
+    ok = ok + 1
+    if mode == "heartbeat" then
+      if body:find('"duplicate":%s*false') then fresh = fresh + 1 else duplicate = duplicate + 1 end
+    end
+  else
+    non2xx = non2xx + 1
+    if non2xx <= 3 then io.stderr:write("non-2xx " .. status .. ": " .. body:sub(1, 300) .. "\n") end
+  end
+end
+
+function done(summary, latency, requests)
+  local totals = {generated = 0, answered = 0, ok = 0, fresh = 0, duplicate = 0, non2xx = 0}
+  local first, last = math.huge, 0
+  for _, thread in ipairs(threads) do
+    for key, _ in pairs(totals) do totals[key] = totals[key] + thread:get(key) end
+    if thread:get("first_sent") > 0 then first = math.min(first, thread:get("first_sent")) end
+    last = math.max(last, thread:get("last_answer"))
+  end
+  local e = summary.errors
+  io.write(string.format('WRK_RESULT {"window_s":%.6f,"requests":%d,"generated":%d,"answered":%d,'
+    .. '"ok":%d,"fresh":%d,"duplicate":%d,"non2xx":%d,"errors":{"connect":%d,"read":%d,"write":%d,'
+    .. '"status":%d,"timeout":%d},"latency_us":{"p50":%d,"p90":%d,"p99":%d,"p999":%d,"max":%d,'
+    .. '"mean":%.1f}}\n',
+    last - first, summary.requests, totals.generated, totals.answered, totals.ok, totals.fresh,
+    totals.duplicate, totals.non2xx, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9),
+    latency.max, latency.mean))
+end
+"""
+
+SEED_SCRIPT = r"""
+import sys
+from pathlib import Path
+
+import django
+
+django.setup()
+
+from django.db import transaction
+
+from slm_project.access.tokens import token_hash, token_new
+from slm_project.fleet.choices import NodeState
+from slm_project.fleet.constants import AGENT_TOKEN_PREFIX
+from slm_project.fleet.models import Node, NodeRole, Role
+
+count, out = int(sys.argv[1]), Path(sys.argv[2])
+roles = list(Role.objects.filter(name__in=["slm-agent", "backend"]))
+assert len(roles) == 2, "the role registry was not synced by migrate"
+tokens = [token_new(AGENT_TOKEN_PREFIX) for _ in range(count)]
+nodes = [
+    Node(
+        name=f"bench-node-{index:04d}",
+        # Stored only: nothing connects to nodes in this benchmark (loopback addresses all the same).
+        address=f"127.77.{index // 250}.{index % 250 + 1}",
+        state=NodeState.ONLINE,
+        agent_token_hash=token_hash(token),
+        labels={"bench": "heartbeats"},
+        os="Debian GNU/Linux 12",
+        cpus=2,
+        memory_mb=4096,
+        disk_gb=40,
+    )
+    for index, token in enumerate(tokens)
+]
+with transaction.atomic():
+    Node.objects.bulk_create(nodes, batch_size=500)
+    NodeRole.objects.bulk_create(
+        [NodeRole(node=node, role=role, desired_version="1.0.0") for node in nodes for role in roles],
+        batch_size=1000,
+    )
+out.touch(mode=0o600)
+out.write_text("".join(f"{node.pk} {token}\n" for node, token in zip(nodes, tokens, strict=True)))
+print(Node.objects.filter(state=NodeState.ONLINE).count())
+"""
+
+
+def parse_args() -> argparse.Namespace:
+    """Server trials on this machine (2 cores; PostgreSQL and wrk on the same cores), 32 connections,
+    20 s each, load average 2-4 from other work, heartbeats/s (p99 ms) — see docs/BENCHMARKS.md:
+    filled in from the runs that chose the defaults."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--duration", type=int, default=20, help="seconds per measured run")
+    parser.add_argument("--warmup", type=int, default=5, help="seconds of warm-up (not measured)")
+    parser.add_argument("--runs", type=int, default=3, help="measured runs (heartbeats and baseline each)")
+    parser.add_argument("--connections", type=int, default=DEFAULT_CONNECTIONS)
+    parser.add_argument("--wrk-threads", type=int, default=1)
+    parser.add_argument("--worker-class", default=DEFAULT_WORKER_CLASS, choices=["sync", "gthread"])
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS)
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="threads per gthread worker")
+    parser.add_argument("--list-requests", type=int, default=200, help="requests per node-list measurement")
+    parser.add_argument("--sqlite", action="store_true", help="use SQLite even when PostgreSQL answers")
+    parser.add_argument(
+        "--hold",
+        type=int,
+        default=0,
+        help="keep the server up this many seconds after set-up, before the runs (for attaching a profiler)",
+    )
+    args = parser.parse_args()
+    if not 1 <= args.nodes <= 100_000 or not 1 <= args.connections <= min(args.nodes, 1000):
+        parser.error("1 <= connections <= min(nodes, 1000): a node never has two heartbeats in flight")
+    if not (1 <= args.duration <= 600 and 0 <= args.warmup <= 120 and 1 <= args.runs <= 9):
+        parser.error("duration 1-600 s, warm-up 0-120 s, runs 1-9")
+    if not 0 <= args.hold <= 600:
+        parser.error("hold 0-600 s")
+    return args
+
+
+# --- measurements ----------------------------------------------------------------------------------------
+
+
+def load_run(slm: SlmInstance, args, script: Path, nodes_file: Path, *, mode: str, run: int, seconds: int):
+    result = run_wrk(
+        url=slm.url,
+        script=script,
+        script_args=[mode, str(nodes_file), str(run * SEQUENCE_STRIDE), str(args.wrk_threads), str(seconds)],
+        connections=args.connections,
+        duration_seconds=seconds + GRACE_SECONDS,
+        threads=args.wrk_threads,
+    )
+    counted = result["fresh"] if mode == "heartbeat" else result["ok"]
+    # From the first request sent to the last answer received (the sending time plus the tail).
+    result["rate"] = counted / result["window_s"]
+    # Requests still unanswered when wrk stopped (normally none, thanks to the grace period); the
+    # server may still finish, and store, them.
+    result["in_flight_at_stop"] = result["generated"] - result["answered"]
+    return result
+
+
+def describe(label: str, result: dict) -> str:
+    latency = result["latency_us"]
+    errors = sum(result["errors"].values())
+    return (
+        f"  {label:<22} {result['rate']:8.0f}/s   p50 {latency['p50'] / 1000:6.1f} ms   "
+        f"p99 {latency['p99'] / 1000:6.1f} ms   max {latency['max'] / 1000:7.1f} ms   "
+        f"answers {result['answered']}  non-2xx {result['non2xx']}  socket errors {errors}"
+    )
+
+
+def node_list_latencies(slm: SlmInstance, token: str, *, page_size: int | None, requests: int) -> dict:
+    """Sequential GETs of the node list on one keep-alive connection; latency of each, in ms."""
+    path = "/api/v1/nodes" + (f"?page_size={page_size}" if page_size else "")
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json", "X-AutoBot-Contract": "1.0"}
+    connection = http.client.HTTPConnection("127.0.0.1", slm.port, timeout=30)
+    samples: list[float] = []
+    expected_rows = page_size or 50
+    deadline = time.monotonic() + 120
+    try:
+        for index in range(requests + 10):  # ten warm-up requests first
+            if time.monotonic() > deadline:
+                break
+            started = time.perf_counter()
+            connection.request("GET", path, headers=headers)
+            response = connection.getresponse()
+            body = response.read()
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            if response.status != 200:
+                raise RuntimeError(f"GET {path} answered {response.status}: {body[:300]!r}")
+            if index == 0:
+                page = json.loads(body)
+                if page["count"] < 1000 or len(page["results"]) != expected_rows:
+                    raise RuntimeError(f"GET {path}: count {page['count']}, {len(page['results'])} rows")
+            if index >= 10:
+                samples.append(elapsed_ms)
+    finally:
+        connection.close()
+    return {
+        "path": path,
+        "requests": len(samples),
+        "p50_ms": percentile(samples, 50),
+        "p95_ms": percentile(samples, 95),
+        "max_ms": max(samples),
+        "bytes": len(body),
+    }
+
+
+def stored_samples(database: ThrowawayDatabase) -> int:
+    return database.scalar("SELECT COUNT(*) FROM fleet_heartbeatsample")
+
+
+def settled_samples(database: ThrowawayDatabase) -> int:
+    """The sample count once the server has finished what was in flight (bounded wait)."""
+    last = stored_samples(database)
+    for _ in range(20):
+        time.sleep(0.25)
+        now = stored_samples(database)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+# --- the benchmark ---------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    args = parse_args()
+    ensure_wrk()
+    say(f"# {BENCHMARK}: {args.nodes} simulated nodes, one SLM web process, goal {GOAL}")
+    say(f"load average before set-up: {load_average()}  (cores: {os.cpu_count()})")
+    with ExitStack() as cleanup:
+        var_dir = make_var_dir("autobot-bench-heartbeats-")
+        cleanup.callback(remove_dir, var_dir)
+        database = ThrowawayDatabase(var_dir=var_dir, prefer_postgres=not args.sqlite).create()
+        cleanup.callback(database.drop)
+        slm = SlmInstance(
+            database_url=database.url,
+            var_dir=var_dir,
+            worker_class=args.worker_class,
+            workers=args.workers,
+            threads=args.threads,
+        )
+        say(
+            f"database: {database.engine} ({'throwaway ' + database.name if database.engine == 'postgresql' else 'file in the var dir'})"
+        )
+
+        started = time.monotonic()
+        slm.manage("migrate", "--noinput", "-v0")
+        nodes_file = var_dir / "nodes.txt"
+        online = int(slm.python("-c", SEED_SCRIPT, str(args.nodes), str(nodes_file)).stdout.split()[-1])
+        token = slm.manage("create_api_client", "--name", API_CLIENT_NAME, "--scope", "nodes:read").stdout
+        token = token.strip().splitlines()[-1]
+        script = var_dir / "heartbeats.lua"
+        script.write_text(LUA_SCRIPT)
+        say(
+            f"set-up: migrate, {online} online nodes with agent tokens, API client ({time.monotonic() - started:.1f} s)"
+        )
+
+        cleanup.callback(slm.stop)
+        slm.start()
+        threads = f", {args.threads} threads each" if args.worker_class == "gthread" else ""
+        server = f"gunicorn {args.worker_class}, {args.workers} workers{threads}, no access log"
+        say(f"server: {server}, {slm.url}")
+        load_shape = f"wrk: {args.wrk_threads} thread, {args.connections} keep-alive connections, closed loop"
+        say(
+            f"load: {load_shape}; {args.runs} runs x {args.duration} s per endpoint after a {args.warmup} s warm-up"
+        )
+
+        if args.hold:
+            say(f"holding {args.hold} s; worker pids: {slm.worker_pids()}")
+            time.sleep(args.hold)
+
+        # Node list first, on a quiet server with 1,000 nodes in the database.
+        list_default = node_list_latencies(slm, token, page_size=None, requests=args.list_requests)
+        list_500 = node_list_latencies(slm, token, page_size=500, requests=max(50, args.list_requests // 2))
+        for item in (list_default, list_500):
+            say(
+                f"node list {item['path']:<30} p50 {item['p50_ms']:6.1f} ms   p95 {item['p95_ms']:6.1f} ms   "
+                f"max {item['max_ms']:6.1f} ms   ({item['requests']} requests, {item['bytes']} bytes)"
+            )
+
+        # Warm-up: every node's first heartbeat also creates its service rows (later ones do not).
+        before = stored_samples(database)
+        warm = load_run(slm, args, script, nodes_file, mode="heartbeat", run=0, seconds=max(args.warmup, 1))
+        load_run(slm, args, script, nodes_file, mode="healthz", run=0, seconds=max(args.warmup // 2, 1))
+        say(f"warm-up: {warm['fresh']} heartbeats ({warm['rate']:.0f}/s) — not counted")
+        checks = [("warm-up", warm, before, settled_samples(database))]
+
+        heartbeat_runs, baseline_runs = [], []
+        for run in range(1, args.runs + 1):
+            say(f"run {run}/{args.runs} (load average {load_average()})")
+            baseline = load_run(slm, args, script, nodes_file, mode="healthz", run=run, seconds=args.duration)
+            say(describe("GET /healthz", baseline))
+            before = stored_samples(database)
+            beats = load_run(slm, args, script, nodes_file, mode="heartbeat", run=run, seconds=args.duration)
+            say(describe("POST heartbeat", beats))
+            checks.append((f"run {run}", beats, before, settled_samples(database)))
+            baseline_runs.append(baseline)
+            heartbeat_runs.append(beats)
+
+        # Correctness: every accepted heartbeat stored once; nothing refused; nothing replayed.
+        correct = True
+        for label, result, before, after in checks:
+            stored = after - before
+            expected = result["fresh"] + result["in_flight_at_stop"]
+            errors = sum(result["errors"].values())
+            fine = stored == expected and result["non2xx"] == 0 and result["duplicate"] == 0 and errors == 0
+            correct = correct and fine
+            say(
+                f"check {label:<8} stored {stored} = {result['fresh']} answered 200 (new)"
+                f" + {result['in_flight_at_stop']} in flight when wrk stopped: {'yes' if stored == expected else 'NO'};"
+                f" duplicates {result['duplicate']}, non-2xx {result['non2xx']}, socket errors {errors}"
+            )
+        total_stored = stored_samples(database)
+        say(f"samples stored in all: {total_stored}; correctness {'OK' if correct else 'FAILED'}")
+        log_tail = slm.log_tail(1500).strip()
+        if log_tail:
+            say(f"server log (tail):\n{log_tail}")
+        say(f"load average after the runs: {load_average()}")
+
+    rates = [r["rate"] for r in heartbeat_runs]
+    figure = median(rates)
+    baseline_rate = median([r["rate"] for r in baseline_runs])
+    p50_ms = median([r["latency_us"]["p50"] / 1000 for r in heartbeat_runs])
+    p99_ms = median([r["latency_us"]["p99"] / 1000 for r in heartbeat_runs])
+    baseline_p99_ms = median([r["latency_us"]["p99"] / 1000 for r in baseline_runs])
+    goal_met = figure >= GOAL_RATE and p99_ms <= GOAL_P99_MS
+    say(
+        f"result: {figure:.0f} heartbeats/s (median of {len(heartbeat_runs)}: "
+        f"{', '.join(f'{rate:.0f}' for rate in rates)}), p50 {p50_ms:.1f} ms, p99 {p99_ms:.1f} ms; "
+        f"baseline {baseline_rate:.0f} req/s (p99 {baseline_p99_ms:.1f} ms); ratio {figure / baseline_rate:.3f}; "
+        f"goal {'met' if goal_met else 'MISSED'}"
+    )
+    say(
+        f"node list p95: {list_default['p95_ms']:.1f} ms (default page of 50), "
+        f"{list_500['p95_ms']:.1f} ms (page_size=500); goal p95 <= {NODE_LIST_GOAL_P95_MS:.0f} ms"
+    )
+    print(
+        json.dumps(
+            {
+                "benchmark": BENCHMARK,
+                "figure": round(figure, 1),
+                "unit": "heartbeats/s",
+                "goal": GOAL,
+                "baseline": round(baseline_rate, 1),
+                "ratio": round(figure / baseline_rate, 4),
+                "p50_ms": round(p50_ms, 1),
+                "p99_ms": round(p99_ms, 1),
+                "baseline_p99_ms": round(baseline_p99_ms, 1),
+                "runs": [round(r["rate"], 1) for r in heartbeat_runs],
+                "baseline_runs": [round(r["rate"], 1) for r in baseline_runs],
+                "goal_met": goal_met,
+                "node_list_p95_ms": round(list_default["p95_ms"], 1),
+                "node_list_500_p95_ms": round(list_500["p95_ms"], 1),
+                "correct": correct,
+                "database": database.engine,
+                "server": server,
+                "load": load_shape,
+                "nodes": args.nodes,
+                "duration_s": args.duration,
+                "loadavg": load_average(),
+            },
+            ensure_ascii=False,
+        ),
+        flush=True,
+    )
+    return 0 if correct else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
