@@ -160,6 +160,8 @@ class SlmInstance:
     worker_class: str = "gthread"
     workers: int = 2
     threads: int = 4
+    # Longer than a benchmark's grace period, so connections held idle at the end stay open.
+    keep_alive_seconds: int = 10
     port: int = field(default_factory=free_port)
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(40))
     process: subprocess.Popen | None = None
@@ -226,6 +228,8 @@ class SlmInstance:
             "--workers",
             str(self.workers),
             "--no-control-socket",
+            "--keep-alive",
+            str(self.keep_alive_seconds),
             "--log-level",
             "warning",
         ]

@@ -12,8 +12,10 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
-from django.db.models import Count, Prefetch, QuerySet
+from django.db.models import Count, Prefetch, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils import timezone
@@ -23,7 +25,7 @@ from rest_framework.exceptions import ValidationError as DrfValidationError
 from unfold.admin import ModelAdmin, TabularInline
 from unfold.decorators import action, display
 from unfold.enums import ActionVariant
-from unfold.widgets import UnfoldAdminCheckboxSelectMultipleWidget
+from unfold.widgets import UnfoldAdminCheckboxSelectMultipleWidget, UnfoldAdminTextareaWidget
 
 from slm_project.fleet import admin_views, dashboard, enrollment, selectors, services
 from slm_project.fleet.admin_views import (
@@ -59,7 +61,8 @@ class NodeForm(forms.ModelForm):
     form fields at all: they change only through the actions and the enrollment workflow."""
 
     roles = forms.MultipleChoiceField(
-        choices=RoleName.choices,
+        # Shown as the registry spells them (the names deployments, filters and the API use).
+        choices=[(name, name) for name in RoleName.values],
         required=False,
         widget=UnfoldAdminCheckboxSelectMultipleWidget,
         help_text="Roles this node should run; deployments install them.",
@@ -68,6 +71,8 @@ class NodeForm(forms.ModelForm):
     class Meta:
         model = Node
         fields = ("name", "address", "ssh_port", "ssh_user", "labels")
+        labels = {"ssh_port": "SSH port", "ssh_user": "SSH user"}
+        widgets = {"labels": UnfoldAdminTextareaWidget(attrs={"rows": 3})}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -91,6 +96,7 @@ class NodeRoleInline(TabularInline):
     readonly_fields = fields
     extra = 0
     can_delete = False
+    hide_title = True
     verbose_name = "role"
     verbose_name_plural = "Roles"
 
@@ -117,6 +123,7 @@ class ServiceInline(TabularInline):
     readonly_fields = fields
     extra = 0
     can_delete = False
+    hide_title = True
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -138,7 +145,7 @@ class RoleFilter(admin.SimpleListFilter):
     parameter_name = "role"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return list(RoleName.choices)
+        return [(name, name) for name in RoleName.values]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         if self.value():
@@ -177,7 +184,7 @@ class NodeAdmin(ModelAdmin):
     fieldsets = (
         ("Connection", {"fields": ("name", "address", ("ssh_user", "ssh_port"), "roles", "labels")}),
         ("Status", {"fields": ("state_display", "state_changed_at", "heartbeat_display", "agent_version")}),
-        ("Facts", {"fields": ("os", "kernel", "cpus", "memory_display", "disk_display")}),
+        ("Facts", {"fields": ("os_display", "kernel", "cpus_display", "memory_display", "disk_display")}),
         (
             "SSH host key",
             {"fields": ("host_key_display", "pending_host_key_display", "supplied_fingerprint")},
@@ -188,9 +195,9 @@ class NodeAdmin(ModelAdmin):
         "state_changed_at",
         "heartbeat_display",
         "agent_version",
-        "os",
+        "os_display",
         "kernel",
-        "cpus",
+        "cpus_display",
         "memory_display",
         "disk_display",
         "host_key_display",
@@ -236,6 +243,11 @@ class NodeAdmin(ModelAdmin):
 
     # ---- detail fields
 
+    @display(description="roles")
+    def roles(self, node: Node) -> str:
+        # Shown in place of the roles field when the page is read-only (a decommissioned node).
+        return self.roles_badges(node)
+
     @display(description="state")
     def state_display(self, node: Node) -> str:
         if node.state_reason:
@@ -252,6 +264,14 @@ class NodeAdmin(ModelAdmin):
             node.last_heartbeat_at.strftime("%Y-%m-%d %H:%M:%S %Z"),
             node.last_heartbeat_sequence,
         )
+
+    @display(description="OS")
+    def os_display(self, node: Node) -> str:
+        return node.os or "-"
+
+    @display(description="CPUs")
+    def cpus_display(self, node: Node) -> str:
+        return str(node.cpus) if node.cpus else "-"
 
     @display(description="memory")
     def memory_display(self, node: Node) -> str:
@@ -390,8 +410,15 @@ class NodeAdmin(ModelAdmin):
 
     def get_actions_detail(self, request: HttpRequest, object_id: Any) -> list:
         """Show the actions that make sense in the node's state (the services still judge every call)."""
-        node = Node.objects.filter(pk=object_id).only("state", "host_key", "pending_host_key").first()
         actions = super().get_actions_detail(request, object_id)
+        try:
+            node = (
+                Node.objects.filter(pk=unquote(object_id))
+                .only("state", "host_key", "pending_host_key")
+                .first()
+            )
+        except (DjangoValidationError, ValueError):
+            node = None  # not a node id: the change view answers with its "does not exist" redirect
         if node is None:
             return actions
         applicable = {
@@ -487,7 +514,7 @@ class AttentionFilter(admin.SimpleListFilter):
 class NodeEventAdmin(ModelAdmin):
     """The lifecycle feed; read-only except for acknowledging what needs attention."""
 
-    list_display = ("created_at", "node_link", "kind", "severity_badge", "message", "actor", "attention")
+    list_display = ("created_at", "node_link", "kind_code", "severity_badge", "message", "actor", "attention")
     list_filter = (AttentionFilter, "severity", "kind", "node__state")
     list_filter_submit = True
     search_fields = ("node__name", "message", "actor")
@@ -526,7 +553,13 @@ class NodeEventAdmin(ModelAdmin):
     @display(description="node", ordering="node__name")
     def node_link(self, event: NodeEvent) -> str:
         url = reverse("admin:fleet_node_change", args=[event.node_id])
-        return format_html('<a class="font-medium text-primary-600" href="{}">{}</a>', url, event.node.name)
+        return format_html(
+            '<a class="font-medium text-primary-600 whitespace-nowrap" href="{}">{}</a>', url, event.node.name
+        )
+
+    @display(description="event", ordering="kind")
+    def kind_code(self, event: NodeEvent) -> str:
+        return format_html('<code class="whitespace-nowrap">{}</code>', event.kind)
 
     @display(description="severity", ordering="severity")
     def severity_badge(self, event: NodeEvent) -> str:
@@ -541,6 +574,17 @@ class NodeEventAdmin(ModelAdmin):
         return format_html(
             "{} <span class='ml-1'>{}</span>", badge("acknowledged", "default"), event.acknowledged_by
         )
+
+    def get_actions_detail(self, request: HttpRequest, object_id: Any) -> list:
+        """Offer "Acknowledge" only on an event that still waits for it."""
+        actions = super().get_actions_detail(request, object_id)
+        try:
+            waiting = NodeEvent.objects.filter(
+                pk=unquote(object_id), needs_attention=True, acknowledged_at__isnull=True
+            ).exists()
+        except (DjangoValidationError, ValueError):
+            waiting = False
+        return actions if waiting else []
 
     @admin.action(description="Acknowledge the selected events", permissions=["acknowledge"])
     def acknowledge_selected(self, request: HttpRequest, queryset: QuerySet[NodeEvent]) -> None:
@@ -569,7 +613,13 @@ class RoleAdmin(ModelAdmin):
         return (
             super()
             .get_queryset(request)
-            .annotate(nodes=Count("node_roles", distinct=True))
+            .annotate(
+                nodes=Count(
+                    "node_roles",
+                    filter=~Q(node_roles__node__state=NodeState.DECOMMISSIONED),
+                    distinct=True,
+                )
+            )
             .prefetch_related(Prefetch("depends_on", queryset=Role.objects.order_by("name")))
         )
 

@@ -46,7 +46,8 @@ _VARIANT_CLASSES = {
     "danger": "bg-red-100 text-red-700 dark:bg-red-500/20 dark:text-red-400",
     "info": "bg-blue-100 text-blue-700 dark:bg-blue-500/20 dark:text-blue-400",
     "default": "bg-base-500/8 text-base-700 dark:bg-base-500/20 dark:text-base-200",
-    "muted": "bg-base-500/8 text-base-400 line-through dark:bg-base-500/20 dark:text-base-500",
+    # Decommissioned: history, not a live state; an outline keeps it out of the eye's way.
+    "muted": "border border-dashed border-base-300 text-base-400 dark:border-base-700 dark:text-base-500",
 }
 
 STATE_VARIANTS: dict[str, str] = {

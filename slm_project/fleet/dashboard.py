@@ -26,6 +26,7 @@ SPARKLINE_NODES = 12
 SPARKLINE_WINDOW = timedelta(hours=1)
 RECENT_EVENTS = 20
 OPEN_EVENTS_SHOWN = 50
+ATTENTION_SHOWN = 50
 # States whose nodes send heartbeats worth a chart.
 CHARTED_STATES = (
     NodeState.DEGRADED,
@@ -64,7 +65,9 @@ def fleet_overview(request: HttpRequest) -> dict[str, Any]:
         _decorate_event(event)
         open_by_node[event.node_id].append(event)
 
-    attention_nodes = list(Node.objects.filter(pk__in=summary["needing_attention"]).order_by("name"))
+    attention_nodes = list(
+        Node.objects.filter(pk__in=summary["needing_attention"]).order_by("name")[:ATTENTION_SHOWN]
+    )
     attention = []
     for node in attention_nodes:
         reasons = []
@@ -124,7 +127,8 @@ def fleet_overview(request: HttpRequest) -> dict[str, Any]:
         "states": states,
         "by_role": summary["by_role"],
         "attention": attention,
-        "attention_count": len(attention_nodes),
+        "attention_count": len(summary["needing_attention"]),
+        "attention_hidden": max(0, len(summary["needing_attention"]) - len(attention_nodes)),
         "open_event_count": len(open_events),
         "host_key_alerts": host_key_alerts,
         "recent_events": recent_events,

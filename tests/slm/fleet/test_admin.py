@@ -11,6 +11,7 @@ import re
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -393,6 +394,28 @@ def _change_form(*, address: str, roles: list[str] | None = None, labels: str = 
     }
 
 
+def test_a_decommissioned_node_is_view_only(operator):
+    node = make_node("old-1", NodeState.ONLINE, roles=["backend"])
+    services.node_decommission(node=node, confirm_name="old-1", actor="user:setup")
+
+    content = operator.get(reverse("admin:fleet_node_change", args=[node.pk])).content.decode()
+
+    assert 'name="_save"' not in content
+    assert 'name="address"' not in content
+    for action in ("drain", "resume", "enroll", "decommission", "test_connection"):
+        assert action_url(node, action) not in content
+    assert "backend" in content
+
+
+def test_an_unknown_node_id_redirects_instead_of_failing(operator):
+    for url in (
+        reverse("admin:fleet_node_change", args=["not-a-uuid"]),
+        reverse("admin:fleet_node_drain", args=["not-a-uuid"]),
+        reverse("admin:fleet_node_change", args=["2b1e1f4e-0000-4000-8000-000000000000"]),
+    ):
+        assert operator.get(url).status_code == 302
+
+
 # --------------------------------------------------------------------------------------------------
 # Actions
 
@@ -541,6 +564,23 @@ def test_posting_an_action_without_the_csrf_token_is_refused(operator):
     assert node.state == NodeState.ONLINE
 
 
+def test_an_operator_who_may_only_view_cannot_run_actions(django_user_model):
+    viewer = django_user_model.objects.create_user(username="viewer", password="a-long-enough-password")
+    viewer.is_staff = True
+    viewer.save()
+    viewer.user_permissions.add(Permission.objects.get(codename="view_node"))
+    client = Client()
+    client.force_login(viewer)
+    node = make_node("web-1", NodeState.ONLINE)
+
+    page = client.get(reverse("admin:fleet_node_change", args=[node.pk]))
+    assert page.status_code == 200
+    assert action_url(node, "drain") not in page.content.decode()
+    assert client.post(action_url(node, "drain")).status_code == 403
+    node.refresh_from_db()
+    assert node.state == NodeState.ONLINE
+
+
 def test_bulk_drain_reports_each_refusal_and_drains_the_rest(operator):
     online = make_node("web-1", NodeState.ONLINE)
     pending = make_node("new-1")
@@ -587,6 +627,18 @@ def test_events_filter_by_attention_and_bulk_acknowledge(operator):
     assert set(
         NodeEvent.objects.filter(pk__in=[e.pk for e in open_events]).values_list("acknowledged_by", flat=True)
     ) == {ADMIN_ACTOR}
+
+
+def test_the_node_page_links_to_that_node_s_events(operator):
+    node = make_node("web-1", NodeState.ONLINE)
+    make_node("web-2", NodeState.ONLINE)
+    content = operator.get(reverse("admin:fleet_node_change", args=[node.pk])).content.decode()
+    events_url = re.search(r'href="([^"]*nodeevent/\?node__id__exact=[^"]+)"', content).group(1)
+
+    listed = operator.get(events_url.replace("&amp;", "&")).context["cl"].result_list
+
+    assert {event.node_id for event in listed} == {node.pk}
+    assert len(listed) == NodeEvent.objects.filter(node=node).count()
 
 
 def test_roles_are_read_only(operator):
