@@ -239,6 +239,8 @@ class SlmInstance:
         return args
 
     def start(self) -> None:
+        # WhiteNoise warns on every worker start when STATIC_ROOT is missing; nothing is collected here.
+        (self.var_dir / "slm" / "static").mkdir(parents=True, exist_ok=True)
         self.log_path = self.var_dir / "gunicorn.log"
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(

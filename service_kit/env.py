@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,27 +72,36 @@ class ProjectEnv(environ.Env):
             environ.Env.read_env(str(path), overwrite=False)
 
 
-def persistent_secret_key(path: Path) -> str:
-    """A secret key made once per installation and kept in a 0600 file.
+def persistent_secret_file(path: Path, make: Callable[[], str]) -> str:
+    """The content of a private file made once per installation (0600, created atomically).
 
-    Used only when no ``SECRET_KEY`` is configured (the single-machine ``make run``); production
-    settings require the variable instead.
+    For secrets the single-machine ``make run`` generates when none is configured; production settings
+    require the variables instead. Two processes starting at once agree on one file: ``link()`` refuses
+    to replace a file another process already put in place. A file others can read is refused.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return path.read_text().strip()
+        mode = path.stat().st_mode
     except FileNotFoundError:
         pass
-    key = secrets.token_urlsafe(50)
-    staging = path.with_suffix(f".{os.getpid()}.tmp")
+    else:
+        if stat.S_IMODE(mode) & 0o077:
+            raise ImproperlyConfigured(f"{path} is readable by other users; chmod 600 it")
+        return path.read_text()
+    content = make()
+    staging = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        handle.write(key)
+        handle.write(content)
     try:
-        # link() fails if another process got there first; then its key is the key.
         os.link(staging, path)
     except FileExistsError:
-        key = path.read_text().strip()
+        content = path.read_text()
     finally:
         staging.unlink()
-    return key
+    return content
+
+
+def persistent_secret_key(path: Path) -> str:
+    """A Django secret key made once per installation, when no ``SECRET_KEY`` is configured."""
+    return persistent_secret_file(path, lambda: secrets.token_urlsafe(50)).strip()

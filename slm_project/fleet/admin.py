@@ -21,15 +21,11 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from rest_framework.exceptions import APIException
-from rest_framework.exceptions import ValidationError as DrfValidationError
 from unfold.admin import ModelAdmin, TabularInline
 from unfold.decorators import action, display
-from unfold.enums import ActionVariant
-from unfold.widgets import UnfoldAdminCheckboxSelectMultipleWidget, UnfoldAdminTextareaWidget
 
 from slm_project.fleet import admin_views, dashboard, enrollment, selectors, services
 from slm_project.fleet.admin_views import (
-    NODE_ACTIONS,
     actor_of,
     age,
     badge,
@@ -39,7 +35,7 @@ from slm_project.fleet.admin_views import (
     severity_badge,
     state_badge,
 )
-from slm_project.fleet.choices import NodeState, RoleName
+from slm_project.fleet.choices import NodeState
 from slm_project.fleet.models import Node, NodeEvent, NodeRole, NodeStateTransition, Role, Service
 from slm_project.fleet.states import can_transition
 
@@ -54,38 +50,6 @@ _SAVE_REFUSED = "_fleet_save_refused"
 
 # --------------------------------------------------------------------------------------------------
 # Nodes
-
-
-class NodeForm(forms.ModelForm):
-    """The operator-editable part of a node. State, facts, host keys, tokens and credentials are not
-    form fields at all: they change only through the actions and the enrollment workflow."""
-
-    roles = forms.MultipleChoiceField(
-        # Shown as the registry spells them (the names deployments, filters and the API use).
-        choices=[(name, name) for name in RoleName.values],
-        required=False,
-        widget=UnfoldAdminCheckboxSelectMultipleWidget,
-        help_text="Roles this node should run; deployments install them.",
-    )
-
-    class Meta:
-        model = Node
-        fields = ("name", "address", "ssh_port", "ssh_user", "labels")
-        labels = {"ssh_port": "SSH port", "ssh_user": "SSH user"}
-        widgets = {"labels": UnfoldAdminTextareaWidget(attrs={"rows": 3})}
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.instance.pk and "roles" in self.fields:
-            self.fields["roles"].initial = [
-                node_role.role.name for node_role in self.instance.node_roles.all()
-            ]
-
-    def clean_address(self) -> str:
-        try:
-            return services.validate_address(self.cleaned_data["address"])
-        except DrfValidationError as exc:
-            raise forms.ValidationError(error_text(exc).removeprefix("address: ")) from None
 
 
 class NodeRoleInline(TabularInline):
@@ -140,19 +104,6 @@ class ServiceInline(TabularInline):
         return badge(service.state, variants.get(service.state, "default"))
 
 
-class RoleFilter(admin.SimpleListFilter):
-    title = "role"
-    parameter_name = "role"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(name, name) for name in RoleName.values]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        if self.value():
-            return queryset.filter(node_roles__role__name=self.value()).distinct()
-        return queryset
-
-
 @admin.register(Node)
 class NodeAdmin(ModelAdmin):
     form = NodeForm
@@ -190,20 +141,8 @@ class NodeAdmin(ModelAdmin):
             {"fields": ("host_key_display", "pending_host_key_display", "supplied_fingerprint")},
         ),
     )
-    status_fields = (
-        "state_display",
-        "state_changed_at",
-        "heartbeat_display",
-        "agent_version",
-        "os_display",
-        "kernel",
-        "cpus_display",
-        "memory_display",
-        "disk_display",
-        "host_key_display",
-        "pending_host_key_display",
-        "supplied_fingerprint",
-    )
+    # Everything below "Connection" is what the node reports or the workflows set: read-only.
+    status_fields = tuple(field for _, options in fieldsets[1:] for field in options["fields"])
 
     # ---- queries
 
@@ -432,35 +371,12 @@ class NodeAdmin(ModelAdmin):
         prefix = f"{self.opts.app_label}_{self.opts.model_name}_"
         return [a for a in actions if applicable.get(a.action_name.removeprefix(prefix), True)]
 
-    @action(description="Test connection", url_path="test-connection", icon="cable", permissions=["change"])
-    def test_connection(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        return admin_views.node_action_view(self, request, object_id, NODE_ACTIONS["test_connection"])
-
-    @action(description="Enroll", url_path="enroll", icon="how_to_reg", permissions=["change"])
-    def enroll(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        return admin_views.node_action_view(self, request, object_id, NODE_ACTIONS["enroll"])
-
-    @action(description="Accept host key", url_path="accept-host-key", icon="key", permissions=["change"])
-    def accept_host_key(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        return admin_views.node_action_view(self, request, object_id, NODE_ACTIONS["accept_host_key"])
-
-    @action(description="Drain", url_path="drain", icon="pause_circle", permissions=["change"])
-    def drain(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        return admin_views.node_action_view(self, request, object_id, NODE_ACTIONS["drain"])
-
-    @action(description="Resume", url_path="resume", icon="play_circle", permissions=["change"])
-    def resume(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        return admin_views.node_action_view(self, request, object_id, NODE_ACTIONS["resume"])
-
-    @action(
-        description="Decommission",
-        url_path="decommission",
-        icon="delete_forever",
-        permissions=["change"],
-        variant=ActionVariant.DANGER,
-    )
-    def decommission(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        return admin_views.node_action_view(self, request, object_id, NODE_ACTIONS["decommission"])
+    test_connection = _node_action("test_connection", url_path="test-connection")
+    enroll = _node_action("enroll", url_path="enroll")
+    accept_host_key = _node_action("accept_host_key", url_path="accept-host-key")
+    drain = _node_action("drain", url_path="drain")
+    resume = _node_action("resume", url_path="resume")
+    decommission = _node_action("decommission", url_path="decommission")
 
     # ---- bulk actions on the list (POST with CSRF by the changelist form)
 
@@ -493,21 +409,6 @@ class NodeAdmin(ModelAdmin):
 
 # --------------------------------------------------------------------------------------------------
 # Events
-
-
-class AttentionFilter(admin.SimpleListFilter):
-    title = "attention"
-    parameter_name = "attention"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("open", "Needs attention"), ("acknowledged", "Acknowledged")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        if self.value() == "open":
-            return queryset.filter(needs_attention=True, acknowledged_at__isnull=True)
-        if self.value() == "acknowledged":
-            return queryset.filter(needs_attention=True, acknowledged_at__isnull=False)
-        return queryset
 
 
 @admin.register(NodeEvent)

@@ -213,6 +213,87 @@ class DecommissionForm(forms.Form):
 
 
 # --------------------------------------------------------------------------------------------------
+# The node form and the list filters
+
+
+class NodeForm(forms.ModelForm):
+    """The operator-editable part of a node. State, facts, host keys, tokens and credentials are not
+    form fields at all: they change only through the actions and the enrollment workflow."""
+
+    roles = forms.MultipleChoiceField(
+        # Shown as the registry spells them (the names deployments, filters and the API use).
+        choices=[(name, name) for name in RoleName.values],
+        required=False,
+        widget=UnfoldAdminCheckboxSelectMultipleWidget,
+        help_text="Roles this node should run; deployments install them.",
+    )
+
+    class Meta:
+        model = Node
+        fields = ("name", "address", "ssh_port", "ssh_user", "labels")
+        labels = {"ssh_port": "SSH port", "ssh_user": "SSH user"}
+        widgets = {"labels": UnfoldAdminTextareaWidget(attrs={"rows": 3})}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk and "roles" in self.fields:
+            self.fields["roles"].initial = [
+                node_role.role.name for node_role in self.instance.node_roles.all()
+            ]
+
+    def clean_address(self) -> str:
+        try:
+            return services.validate_address(self.cleaned_data["address"])
+        except DrfValidationError as exc:
+            raise forms.ValidationError(error_text(exc).removeprefix("address: ")) from None
+
+
+class RoleFilter(admin.SimpleListFilter):
+    title = "role"
+    parameter_name = "role"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(name, name) for name in RoleName.values]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value():
+            return queryset.filter(node_roles__role__name=self.value()).distinct()
+        return queryset
+
+
+def _node_action(name: str, *, url_path: str) -> Any:
+    """An unfold detail action (a button on the node page) that opens the action's page."""
+    spec = NODE_ACTIONS[name]
+
+    def view(model_admin: ModelAdmin, request: HttpRequest, object_id: str) -> HttpResponse:
+        return admin_views.node_action_view(model_admin, request, object_id, spec)
+
+    view.__name__ = view.__qualname__ = name  # unfold finds its actions by method name
+    return action(
+        description=spec.title,
+        url_path=url_path,
+        icon=spec.icon,
+        permissions=["change"],
+        variant=ActionVariant.DANGER if spec.danger else ActionVariant.DEFAULT,
+    )(view)
+
+
+class AttentionFilter(admin.SimpleListFilter):
+    title = "attention"
+    parameter_name = "attention"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("open", "Needs attention"), ("acknowledged", "Acknowledged")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() == "open":
+            return queryset.filter(needs_attention=True, acknowledged_at__isnull=True)
+        if self.value() == "acknowledged":
+            return queryset.filter(needs_attention=True, acknowledged_at__isnull=False)
+        return queryset
+
+
+# --------------------------------------------------------------------------------------------------
 # Node actions: each calls exactly one service function
 
 

@@ -18,7 +18,6 @@ import binascii
 import os
 import re
 import secrets
-import stat
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from rest_framework import status
 
+from service_kit.env import persistent_secret_file
 from service_kit.errors import ServiceError
 
 MASTER_KEYS_VARIABLE = "SLM_MASTER_KEYS (or MASTER_KEYS)"
@@ -168,36 +168,19 @@ def generate_master_key_entry(key_id: str) -> str:
 
 
 def persistent_master_keys(path: Path) -> str:
-    """The local keyring file's content, made once per installation (0600, created atomically).
+    """The local keyring file's content, made once per installation (see ``persistent_secret_file``).
 
     Used only when ``MASTER_KEYS`` is not set (the single-machine ``make run``); production settings
-    require the variable. Like ``service_kit.env.persistent_secret_key``, two processes starting at once
-    agree on one file: ``link()`` refuses to replace a file another process already put in place.
+    require the variable.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        pass
-    else:
-        if stat.S_IMODE(mode) & 0o077:
-            raise MasterKeyConfigurationError(
-                f"the master key file {path} is readable by other users; chmod 600 it "
-                f"(used because {MASTER_KEYS_VARIABLE} is not set)"
-            )
-        return path.read_text()
-    content = generate_master_key_entry(f"local-{secrets.token_hex(4)}") + "\n"
-    staging = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(content)
-    try:
-        os.link(staging, path)
-    except FileExistsError:
-        content = path.read_text()
-    finally:
-        staging.unlink()
-    return content
+        return persistent_secret_file(
+            path, lambda: generate_master_key_entry(f"local-{secrets.token_hex(4)}") + "\n"
+        )
+    except ImproperlyConfigured as exc:
+        raise MasterKeyConfigurationError(
+            f"the master key file: {exc} (used because {MASTER_KEYS_VARIABLE} is not set)"
+        ) from None
 
 
 def build_master_keyring() -> MasterKeyring:
