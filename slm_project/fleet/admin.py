@@ -23,9 +23,14 @@ from django.utils.html import format_html
 from rest_framework.exceptions import APIException
 from unfold.admin import ModelAdmin, TabularInline
 from unfold.decorators import action, display
+from unfold.enums import ActionVariant
 
 from slm_project.fleet import admin_views, dashboard, enrollment, selectors, services
 from slm_project.fleet.admin_views import (
+    NODE_ACTIONS,
+    AttentionFilter,
+    NodeForm,
+    RoleFilter,
     actor_of,
     age,
     badge,
@@ -102,6 +107,23 @@ class ServiceInline(TabularInline):
     def state_badge(self, service: Service) -> str:
         variants = {"running": "success", "failed": "danger", "stopped": "warning"}
         return badge(service.state, variants.get(service.state, "default"))
+
+
+def _node_action(name: str, *, url_path: str) -> Any:
+    """An unfold detail action (a button on the node page) that opens the action's page."""
+    spec = NODE_ACTIONS[name]
+
+    def view(model_admin: ModelAdmin, request: HttpRequest, object_id: str) -> HttpResponse:
+        return admin_views.node_action_view(model_admin, request, object_id, spec)
+
+    view.__name__ = view.__qualname__ = name  # unfold finds its actions by method name
+    return action(
+        description=spec.title,
+        url_path=url_path,
+        icon=spec.icon,
+        permissions=["change"],
+        variant=ActionVariant.DANGER if spec.danger else ActionVariant.DEFAULT,
+    )(view)
 
 
 @admin.register(Node)
@@ -489,7 +511,7 @@ class NodeEventAdmin(ModelAdmin):
 
     @admin.action(description="Acknowledge the selected events", permissions=["acknowledge"])
     def acknowledge_selected(self, request: HttpRequest, queryset: QuerySet[NodeEvent]) -> None:
-        done = admin_views.events_acknowledge(events=queryset, actor=actor_of(request))
+        done = services.node_events_acknowledge(events=queryset, actor=actor_of(request))
         messages.success(request, f"{done} event(s) acknowledged.")
 
     @action(description="Acknowledge", url_path="acknowledge", icon="done_all", permissions=["acknowledge"])

@@ -1,4 +1,4 @@
-"""The ops portal's node actions and the badges its pages share.
+"""The ops portal's node actions, its node form and list filters, and the badges its pages share.
 
 Each action is a two-step page: GET shows what will happen and asks for what the service needs (a
 reason, a typed confirmation, a fingerprint, an optional password); POST (with CSRF) calls exactly one
@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from django import forms
-from django.contrib import messages
+from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.db import transaction
 from django.db.models import QuerySet
@@ -27,10 +27,16 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import SafeString
 from rest_framework.exceptions import APIException
-from unfold.widgets import UnfoldAdminPasswordWidget, UnfoldAdminTextInputWidget
+from rest_framework.exceptions import ValidationError as DrfValidationError
+from unfold.widgets import (
+    UnfoldAdminCheckboxSelectMultipleWidget,
+    UnfoldAdminPasswordWidget,
+    UnfoldAdminTextareaWidget,
+    UnfoldAdminTextInputWidget,
+)
 
 from slm_project.fleet import enrollment, selectors, services
-from slm_project.fleet.choices import NodeState, Severity
+from slm_project.fleet.choices import NodeState, RoleName, Severity
 from slm_project.fleet.models import Node, NodeEvent
 
 # --------------------------------------------------------------------------------------------------
@@ -141,18 +147,6 @@ def error_text(exc: APIException) -> str:
     return str(detail)
 
 
-def events_acknowledge(*, events: QuerySet[NodeEvent], actor: str) -> int:
-    """Acknowledge the still open ``needs_attention`` events among ``events``; returns how many.
-
-    The fleet services have no acknowledgement function yet (only ``node_host_key_accept``
-    acknowledges its own capture events); this is the one write the portal does itself, kept here in
-    one function so it moves to ``fleet.services`` unchanged.
-    """
-    return events.filter(needs_attention=True, acknowledged_at__isnull=True).update(
-        acknowledged_at=timezone.now(), acknowledged_by=actor
-    )
-
-
 # --------------------------------------------------------------------------------------------------
 # Action forms
 
@@ -213,7 +207,7 @@ class DecommissionForm(forms.Form):
 
 
 # --------------------------------------------------------------------------------------------------
-# The node form and the list filters
+# The node form and the list filters (for ``admin.py``)
 
 
 class NodeForm(forms.ModelForm):
@@ -259,23 +253,6 @@ class RoleFilter(admin.SimpleListFilter):
         if self.value():
             return queryset.filter(node_roles__role__name=self.value()).distinct()
         return queryset
-
-
-def _node_action(name: str, *, url_path: str) -> Any:
-    """An unfold detail action (a button on the node page) that opens the action's page."""
-    spec = NODE_ACTIONS[name]
-
-    def view(model_admin: ModelAdmin, request: HttpRequest, object_id: str) -> HttpResponse:
-        return admin_views.node_action_view(model_admin, request, object_id, spec)
-
-    view.__name__ = view.__qualname__ = name  # unfold finds its actions by method name
-    return action(
-        description=spec.title,
-        url_path=url_path,
-        icon=spec.icon,
-        permissions=["change"],
-        variant=ActionVariant.DANGER if spec.danger else ActionVariant.DEFAULT,
-    )(view)
 
 
 class AttentionFilter(admin.SimpleListFilter):
@@ -468,7 +445,9 @@ def event_acknowledge_view(model_admin: Any, request: HttpRequest, object_id: st
         return model_admin._get_obj_does_not_exist_redirect(request, model_admin.opts, object_id)
     back = _safe_next(request) or reverse(f"{model_admin.admin_site.name}:fleet_nodeevent_changelist")
     if request.method == "POST":
-        done = events_acknowledge(events=NodeEvent.objects.filter(pk=event.pk), actor=actor_of(request))
+        done = services.node_events_acknowledge(
+            events=NodeEvent.objects.filter(pk=event.pk), actor=actor_of(request)
+        )
         if done:
             messages.success(request, f"Acknowledged: {event.node.name} — {event.message}")
         else:

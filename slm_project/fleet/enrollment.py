@@ -395,6 +395,7 @@ def _fail(node: Node, reason: str) -> Node:
             severity=Severity.CRITICAL,
             message=f"Enrollment failed: {reason}",
             actor=ENROLL_ACTOR,
-            needs_attention=True,
+            # The move to ``error`` already asks for attention; one item per failure is enough.
+            needs_attention=locked.state != NodeState.ERROR,
         )
     return locked

@@ -19,11 +19,12 @@ from rest_framework.exceptions import ValidationError
 
 from service_kit.errors import Conflict
 from slm_project.access.tokens import token_hash, token_new
-from slm_project.fleet.choices import EventKind, NodeState, ServiceState, Severity, Trigger
+from slm_project.fleet.choices import EventKind, NodeRoleStatus, NodeState, ServiceState, Severity, Trigger
 from slm_project.fleet.constants import AGENT_TOKEN_PREFIX
 from slm_project.fleet.models import HeartbeatSample, Node, NodeEvent, NodeRole, Role, Service
 from slm_project.fleet.registry import ROLES
-from slm_project.fleet.states import TransitionNotAllowed, node_transition, observation_may_change
+from slm_project.fleet.states import TransitionNotAllowed, node_transition
+from slm_project.security.services import credential_delete
 
 _DNS_NAME = re.compile(
     r"^(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$"
@@ -200,10 +201,20 @@ def node_decommission(*, node: Node, confirm_name: str, actor: str, reason: str 
     node = node_transition(
         node=node, to_state=NodeState.DECOMMISSIONED, trigger=Trigger.OPERATOR, actor=actor, reason=reason
     )
-    Node.objects.filter(pk=node.pk).update(agent_token_hash="")
+    sealed_token = Node.objects.get(pk=node.pk).agent_token_credential
+    Node.objects.filter(pk=node.pk).update(agent_token_hash="", agent_token_credential=None)
+    if sealed_token is not None:
+        credential_delete(credential=sealed_token)
     Service.objects.filter(node=node).update(discoverable=False, state=ServiceState.UNKNOWN)
-    node.agent_token_hash = ""
+    node.agent_token_hash, node.agent_token_credential = "", None
     return node
+
+
+def node_events_acknowledge(*, events: models.QuerySet[NodeEvent], actor: str) -> int:
+    """Acknowledge the still open ``needs_attention`` events among ``events``; returns how many."""
+    return events.filter(needs_attention=True, acknowledged_at__isnull=True).update(
+        acknowledged_at=timezone.now(), acknowledged_by=actor
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -350,11 +361,8 @@ def heartbeat_ingest(*, node: Node, heartbeat: dict[str, Any]) -> HeartbeatResul
     except IntegrityError:
         return HeartbeatResult(accepted=True, duplicate=True, sequence=sequence, state=node.state)
     state = node.state
-    if (
-        node.state == NodeState.DEGRADED
-        and observation_may_change(node.state)
-        and _all_roles_running(heartbeat)
-    ):
+    stopped = sorted(report["role"] for report in heartbeat.get("roles", []) if not report["running"])
+    if node.state == NodeState.DEGRADED and not stopped:
         state = node_transition(
             node=node,
             to_state=NodeState.ONLINE,
@@ -362,11 +370,15 @@ def heartbeat_ingest(*, node: Node, heartbeat: dict[str, Any]) -> HeartbeatResul
             actor="agent",
             reason="agent reports all roles running",
         ).state
+    elif node.state == NodeState.ONLINE and stopped:
+        state = node_transition(
+            node=node,
+            to_state=NodeState.DEGRADED,
+            trigger=Trigger.HEARTBEAT,
+            actor="agent",
+            reason=f"agent reports {', '.join(stopped)} not running",
+        ).state
     return HeartbeatResult(accepted=True, duplicate=False, sequence=sequence, state=state)
-
-
-def _all_roles_running(heartbeat: dict[str, Any]) -> bool:
-    return all(report["running"] for report in heartbeat.get("roles", []))
 
 
 def _services_digest(heartbeat: dict[str, Any]) -> str:
@@ -402,11 +414,19 @@ def _services_upsert(*, node: Node, heartbeat: dict[str, Any]) -> None:
     vanished = set(existing) - set(reported)
     if vanished:
         Service.objects.filter(node=node, name__in=vanished).update(state=ServiceState.UNKNOWN)
-    versions = {report["role"]: report.get("version", "") for report in heartbeat.get("roles", [])}
-    for node_role in NodeRole.objects.filter(node=node, role__name__in=versions).select_related("role"):
-        version = versions[node_role.role.name]
-        if version and node_role.actual_version != version:
-            NodeRole.objects.filter(pk=node_role.pk).update(actual_version=version)
+    reports = {report["role"]: report for report in heartbeat.get("roles", [])}
+    for node_role in NodeRole.objects.filter(node=node, role__name__in=reports).select_related("role"):
+        report = reports[node_role.role.name]
+        changes: dict[str, Any] = {}
+        if report.get("version") and node_role.actual_version != report["version"]:
+            changes["actual_version"] = report["version"]
+        # The agent's word on a role it runs; a deployment in progress owns the status meanwhile.
+        if node_role.status != NodeRoleStatus.DEPLOYING:
+            status = NodeRoleStatus.ACTIVE if report["running"] else NodeRoleStatus.FAILED
+            if node_role.status != status:
+                changes["status"] = status
+        if changes:
+            NodeRole.objects.filter(pk=node_role.pk).update(**changes)
 
 
 def node_heartbeat_watch(*, now=None) -> list[Node]:

@@ -58,6 +58,10 @@ WSGI_APPLICATION = "slm_project.config.wsgi.application"
 
 globals().update(django_core_settings(var_dir=VAR_DIR, cookie_prefix="slm"))
 
+# Operators sign in at /admin/login/; without a "next" they belong on the fleet overview.
+LOGIN_URL = "admin:login"
+LOGIN_REDIRECT_URL = "admin:index"
+
 UNFOLD = {
     "SITE_TITLE": "AutoBot SLM",
     "SITE_HEADER": "AutoBot SLM — operations",

@@ -11,6 +11,7 @@ import re
 from datetime import timedelta
 
 import pytest
+from django.conf import settings as django_settings
 from django.contrib.auth.models import Permission
 from django.db import connection
 from django.test import Client
@@ -99,11 +100,9 @@ def send_heartbeats(node: Node, samples: list[tuple[float, float]]) -> None:
 
 
 def csrf_post(client: Client, url: str, data: dict | None = None, *, follow: bool = True):
-    """POST like a browser: read the CSRF token from a GET of the same page first."""
+    """POST like a browser: GET the page first for its CSRF cookie, then send the token with the form."""
     client.get(url)
-    token = client.cookies["slm_csrftoken"].value if "slm_csrftoken" in client.cookies else None
-    if token is None:
-        token = next(cookie.value for name, cookie in client.cookies.items() if "csrf" in name)
+    token = client.cookies[django_settings.CSRF_COOKIE_NAME].value
     return client.post(url, {**(data or {}), "csrfmiddlewaretoken": token}, follow=follow)
 
 

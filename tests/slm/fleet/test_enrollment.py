@@ -161,7 +161,10 @@ def test_an_unreachable_address_ends_in_error_with_the_reason():
     assert node.state == NodeState.ERROR
     assert "cannot connect" in node.state_reason
     assert not node.agent_token_hash
-    assert NodeEvent.objects.filter(node=node, kind="enrollment.failed", needs_attention=True).exists()
+    assert NodeEvent.objects.filter(node=node, kind="enrollment.failed").exists()
+    # One item for the operator per failure: the move to error.
+    attention = NodeEvent.objects.filter(node=node, needs_attention=True, acknowledged_at=None)
+    assert list(attention.values_list("kind", flat=True)) == ["node.state_changed"]
 
 
 def test_a_refused_key_ends_in_error_and_leaves_no_token(ssh_host_factory):

@@ -195,3 +195,38 @@ def test_services_are_rewritten_only_when_they_change(django_assert_num_queries)
     changed = heartbeat(3, services=[{"name": "ollama", "state": "failed", "port": 11434}])
     services.heartbeat_ingest(node=node, heartbeat=changed)
     assert Service.objects.get(node=node, name="ollama").state == "failed"
+
+
+def test_role_reports_set_the_role_status_and_a_stopped_role_degrades_the_node():
+    node = _online_node()
+    services.heartbeat_ingest(node=node, heartbeat=heartbeat(1))
+    assert NodeRole.objects.get(node=node, role__name="llm").status == "active"
+    node.refresh_from_db()
+    down = heartbeat(2, roles=[{"role": "llm", "running": False, "version": "0.5.1"}])
+    result = services.heartbeat_ingest(node=node, heartbeat=down)
+    assert result.state == NodeState.DEGRADED
+    assert NodeRole.objects.get(node=node, role__name="llm").status == "failed"
+    transition = node.transitions.get()
+    assert (transition.trigger, transition.reason) == ("heartbeat", "agent reports llm not running")
+
+
+def test_acknowledging_events_closes_only_open_attention_items():
+    node = make_node()
+    services.node_host_key_capture(
+        node=node, key_type="ssh-ed25519", key_base64="AAAA", fingerprint="SHA256:a", actor="t"
+    )
+    assert services.node_events_acknowledge(events=NodeEvent.objects.filter(node=node), actor="user:ops") == 1
+    assert services.node_events_acknowledge(events=NodeEvent.objects.filter(node=node), actor="user:ops") == 0
+    assert NodeEvent.objects.get(kind="host_key.captured").acknowledged_by == "user:ops"
+
+
+def test_decommission_deletes_the_sealed_agent_token():
+    from slm_project.fleet.enrollment import _seal_agent_token
+    from slm_project.security.models import Credential
+
+    node = set_state(make_node(name="sealed"), NodeState.ONLINE)
+    _seal_agent_token(node, services.node_agent_token_issue(node=node, actor="t"))
+    assert Credential.objects.filter(name="agent-token:sealed").exists()
+    services.node_decommission(node=node, confirm_name="sealed", actor="a")
+    assert not Credential.objects.filter(name="agent-token:sealed").exists()
+    assert Node.objects.get(pk=node.pk).agent_token_credential is None
