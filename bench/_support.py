@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -17,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -48,6 +50,25 @@ def load_average() -> str:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return "unknown"
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of live processes so far (``/proc/<pid>/stat``); gone ones count 0."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat(5)
+    return total / ticks
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of this process's waited-for children (wrk, once it has exited)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -138,6 +159,19 @@ class ThrowawayDatabase:
                 return connection.execute(sql).fetchone()[0]
         with sqlite3.connect(self.name, timeout=20) as connection:
             return connection.execute(sql).fetchone()[0]
+
+    def backend_pids(self) -> list[int]:
+        """The PostgreSQL server processes serving this database, other than the asking one."""
+        if self.engine != "postgresql":
+            return []
+        import psycopg
+
+        with psycopg.connect(self.url, connect_timeout=5) as connection:
+            rows = connection.execute(
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchall()
+        return [row[0] for row in rows]
 
     def drop(self) -> None:
         if self.engine == "postgresql" and self.name:
@@ -257,6 +291,10 @@ class SlmInstance:
             self.stop()
             raise RuntimeError(f"the SLM did not start; log:\n{self.log_tail()}") from None
 
+    def pids(self) -> list[int]:
+        """The gunicorn master and its workers."""
+        return [self.process.pid, *self.worker_pids()] if self.process is not None else []
+
     def worker_pids(self) -> list[int]:
         if self.process is None:
             return []
@@ -296,6 +334,7 @@ def remove_dir(path: Path | None) -> None:
 # --- wrk -------------------------------------------------------------------------------------------------
 
 WRK_RESULT_MARKER = "WRK_RESULT "
+WRK_THREAD_DONE_MARKER = "WRK_THREAD_DONE"
 
 
 def ensure_wrk() -> str:
@@ -326,7 +365,12 @@ def run_wrk(
     threads: int = 1,
     timeout_seconds: int = 10,
 ) -> dict:
-    """Run ``wrk`` with a Lua script whose ``done()`` prints ``WRK_RESULT <json>``; that object, parsed."""
+    """Run ``wrk`` with a Lua script whose ``done()`` prints ``WRK_RESULT <json>``; that object, parsed.
+
+    ``duration_seconds`` is an upper bound: a script may stop its thread early (``wrk.thread:stop()``)
+    and say so on stderr with a ``WRK_THREAD_DONE`` line; once every thread has, wrk is sent SIGINT,
+    which ends its wait for the full duration and makes it report (and call ``done()``) at once.
+    """
     if not url.startswith(("http://127.", "http://localhost")):
         raise ValueError("load goes to loopback addresses only")
     command = [
@@ -340,12 +384,29 @@ def run_wrk(
         "--",
         *script_args,
     ]
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=duration_seconds + timeout_seconds + 60, check=False
-    )
-    for line in result.stdout.splitlines():
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A hard bound whatever happens: wrk is killed after its duration plus a margin.
+    killer = threading.Timer(duration_seconds + timeout_seconds + 60, process.kill)
+    killer.start()
+    try:
+        stderr_lines: list[str] = []
+        finished_threads = 0
+        for line in process.stderr:  # ends when wrk exits
+            if line.startswith(WRK_THREAD_DONE_MARKER):
+                finished_threads += 1
+                if finished_threads == threads and process.poll() is None:
+                    process.send_signal(signal.SIGINT)
+            else:
+                stderr_lines.append(line)
+        stdout = process.stdout.read()
+        returncode = process.wait(timeout=30)
+    finally:
+        killer.cancel()
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=5)
+    for line in stdout.splitlines():
         if line.startswith(WRK_RESULT_MARKER):
             return json.loads(line[len(WRK_RESULT_MARKER) :])
-    raise RuntimeError(
-        f"wrk gave no result ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
-    )
+    stderr = "".join(stderr_lines)
+    raise RuntimeError(f"wrk gave no result ({returncode}):\n{stdout[-2000:]}\n{stderr[-2000:]}")

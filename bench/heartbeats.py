@@ -12,11 +12,16 @@ line of output is the JSON object of ``docs/BENCHMARKS.md``.
 
 Load shape (the same for heartbeats and the baseline): ``wrk`` with one thread (wrk is C and epoll; one
 thread drives tens of thousands of requests/s, so it takes a small share of the 2 cores the server
-needs, unlike a Python client, which would need about as much CPU as the server it measures) and
-``--connections`` keep-alive connections. A Lua script cycles through the nodes: each request is the
-next node's heartbeat, with that node's token and a sequence one higher than its previous one (sequence
-``base + round``; each run starts a new base, so sequences only grow, as an agent's do). It is a closed
-loop: each connection sends its next request when the answer to the last one arrived.
+needs, unlike a Python client, which would need about as much CPU as the server it measures: its
+share is measured and printed) and ``--connections`` connections, kept alive when the server keeps
+them. A Lua script cycles through the nodes: each request is the next node's heartbeat, with that
+node's token and a sequence one higher than its previous one (sequence ``base + round``; each run
+starts a new base, so sequences only grow, as an agent's do; fewer connections than nodes, so a node
+never has two heartbeats in flight). The measured runs are a closed loop (each connection sends again
+when answered: the most the server does, and its latency when saturated); two paced runs then offer
+a fixed rate, the goal's 1,000/s and the fleet's real rate (every node once per 30 s), for the
+latency at those rates. When its time is up a run stops sending and waits for the answers in flight,
+so every request sent is answered and the stored rows are compared exactly with the 200 answers.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _support import (
     SlmInstance,
     ThrowawayDatabase,
+    children_cpu_seconds,
+    cpu_seconds,
     ensure_wrk,
     load_average,
     make_var_dir,
@@ -56,11 +63,19 @@ AGENT_INTERVAL_SECONDS = 30  # the agent's default interval_seconds
 GRACE_SECONDS = 3  # after the sending time, for the requests in flight to finish
 API_CLIENT_NAME = "bench-reader"
 
-# Server: ONE gunicorn instance for the 2 cores (see the docstring of ``parse_args`` for the trials
-# that chose it).
-DEFAULT_WORKER_CLASS = "gthread"
-DEFAULT_WORKERS = 2
-DEFAULT_THREADS = 4
+# Server: ONE gunicorn instance on the 2 cores, which it shares with PostgreSQL and wrk. Trials on
+# this machine (10 s closed-loop runs, 32 connections, load average 0.5-2.8 from other work;
+# heartbeats/s, p99 ms): sync x2 485/88, 440/106, 431/127; sync x3 562/80, 408/107, 334/118; sync x4
+# 430/100; gthread 2x4 544/166, 274/193, 225/228; gthread 2x2 465/136; gthread 3x2 424/261, 453/236;
+# gthread 3x4 469/185, 312/319; gthread 4x2 409/201. Throughput is the same within the noise; sync
+# workers keep the tail tight (p99 about 1.4 x p50), gthread workers do not (threads of one worker
+# queue for the GIL, and keep-alive connections stay with the worker that accepted them, unevenly).
+# Three sync workers: one more than the cores, because a heartbeat spends about a third of its time
+# waiting for PostgreSQL, when another process can run. (Sync workers answer "Connection: close":
+# wrk reconnects for each request, as the agent, which posts once per 30 s, does anyway.)
+DEFAULT_WORKER_CLASS = "sync"
+DEFAULT_WORKERS = 3
+DEFAULT_THREADS = 1
 DEFAULT_CONNECTIONS = 32
 
 LUA_SCRIPT = r"""
@@ -136,7 +151,7 @@ function init(args)
   math.randomseed(1000 + tid)
 end
 
-local started = false
+local started, stopped = false, false
 
 local function finished()
   return deadline ~= nil and (now() >= deadline or (max_requests > 0 and generated >= max_requests))
@@ -189,8 +204,12 @@ function response(status, headers, body)
     non2xx = non2xx + 1
     if non2xx <= 3 then io.stderr:write("non-2xx " .. status .. ": " .. body:sub(1, 300) .. "\n") end
   end
-  if answered >= generated and finished() then
-    wrk.thread:stop() -- nothing in flight and nothing more to send: end before the grace period
+  if answered >= generated and finished() and not stopped then
+    -- Nothing in flight and nothing more to send: stop, and tell bench/_support.run_wrk (on stderr,
+    -- which is unbuffered) so that it ends wrk's wait for the rest of --duration.
+    stopped = true
+    wrk.thread:stop()
+    io.stderr:write("WRK_THREAD_DONE\n")
   end
 end
 
@@ -261,9 +280,6 @@ print(Node.objects.filter(state=NodeState.ONLINE).count())
 
 
 def parse_args() -> argparse.Namespace:
-    """Server trials on this machine (2 cores; PostgreSQL and wrk on the same cores), 32 connections,
-    20 s each, load average 2-4 from other work, heartbeats/s (p99 ms) — see docs/BENCHMARKS.md:
-    filled in from the runs that chose the defaults."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--duration", type=int, default=20, help="seconds per measured run")
@@ -295,8 +311,26 @@ def parse_args() -> argparse.Namespace:
 # --- measurements ----------------------------------------------------------------------------------------
 
 
+def cpu_snapshot(slm: SlmInstance, database: ThrowawayDatabase) -> dict:
+    return {
+        "server": {pid: cpu_seconds([pid]) for pid in slm.pids()},
+        "postgres": {pid: cpu_seconds([pid]) for pid in database.backend_pids()},
+        "wrk": children_cpu_seconds(),
+    }
+
+
+def cpu_used(before: dict, after: dict) -> dict[str, float]:
+    """CPU seconds between two snapshots: per process, new processes from zero (one that ended in
+    between, such as a database connection past its CONN_MAX_AGE, is missed: an undercount)."""
+    used = {"wrk": after["wrk"] - before["wrk"]}
+    for kind in ("server", "postgres"):
+        used[kind] = sum(max(0.0, cpu - before[kind].get(pid, 0.0)) for pid, cpu in after[kind].items())
+    return used
+
+
 def load_run(
     slm: SlmInstance,
+    database: ThrowawayDatabase,
     args,
     script: Path,
     nodes_file: Path,
@@ -309,6 +343,7 @@ def load_run(
 ):
     """One wrk run; ``run`` numbers the sequence base, so every run's sequences exceed the last's."""
     script_args = [mode, str(nodes_file), str(run * SEQUENCE_STRIDE), str(args.wrk_threads), str(seconds)]
+    before = cpu_snapshot(slm, database)
     result = run_wrk(
         url=slm.url,
         script=script,
@@ -323,6 +358,11 @@ def load_run(
     # Requests still unanswered when wrk stopped (normally none, thanks to the grace period); the
     # server may still finish, and store, them.
     result["in_flight_at_stop"] = result["generated"] - result["answered"]
+    # Where the CPU went, per answered request (ms): gunicorn, the PostgreSQL backends of our
+    # database (not its WAL writer and other shared processes), wrk.
+    after = cpu_snapshot(slm, database)
+    answered = max(result["answered"], 1)
+    result["cpu_ms"] = {kind: seconds * 1000 / answered for kind, seconds in cpu_used(before, after).items()}
     return result
 
 
@@ -334,6 +374,11 @@ def describe(label: str, result: dict) -> str:
         f"p99 {latency['p99'] / 1000:6.1f} ms   max {latency['max'] / 1000:7.1f} ms   "
         f"({result['answered']} answers, non-2xx {result['non2xx']}, socket errors {errors})"
     )
+
+
+def describe_cpu(result: dict) -> str:
+    cpu = result["cpu_ms"]
+    return f"server {cpu['server']:.2f}, PostgreSQL {cpu['postgres']:.2f}, wrk {cpu['wrk']:.2f}"
 
 
 def node_list_latencies(slm: SlmInstance, token: str, *, page_size: int | None, requests: int) -> dict:
@@ -432,7 +477,10 @@ def main() -> int:
         threads = f", {args.threads} threads each" if args.worker_class == "gthread" else ""
         server = f"gunicorn {args.worker_class}, {args.workers} workers{threads}, no access log"
         say(f"server: {server}, {slm.url}")
-        load_shape = f"wrk: {args.wrk_threads} thread, {args.connections} keep-alive connections, closed loop"
+        load_shape = (
+            f"wrk: {args.wrk_threads} thread, {args.connections} connections"
+            " (keep-alive where the server keeps them), closed loop"
+        )
         say(
             f"load: {load_shape}; {args.runs} runs x {args.duration} s per endpoint "
             f"after a {args.warmup} s warm-up"
@@ -464,25 +512,35 @@ def main() -> int:
                 continue
             before = stored_samples(database)
             warm = load_run(
-                slm, args, script, nodes_file, mode="heartbeat", run=run, seconds=seconds, max_requests=limit
+                slm,
+                database,
+                args,
+                script,
+                nodes_file,
+                mode="heartbeat",
+                run=run,
+                seconds=seconds,
+                max_requests=limit,
             )
             say(f"{label}: {warm['fresh']} heartbeats ({warm['rate']:.0f}/s) — not counted")
             checks.append((label, warm, before, settled_samples(database)))
         if args.warmup:
-            load_run(slm, args, script, nodes_file, mode="healthz", run=1, seconds=args.warmup)
+            load_run(slm, database, args, script, nodes_file, mode="healthz", run=1, seconds=args.warmup)
 
         heartbeat_runs, baseline_runs = [], []
         for run in range(1, args.runs + 1):
             say(f"run {run}/{args.runs} (load average {load_average()})")
             baseline = load_run(
-                slm, args, script, nodes_file, mode="healthz", run=run + 1, seconds=args.duration
+                slm, database, args, script, nodes_file, mode="healthz", run=run + 1, seconds=args.duration
             )
             say(describe("GET /healthz", baseline))
+            say(f"    CPU per request, ms: {describe_cpu(baseline)}")
             before = stored_samples(database)
             beats = load_run(
-                slm, args, script, nodes_file, mode="heartbeat", run=run + 1, seconds=args.duration
+                slm, database, args, script, nodes_file, mode="heartbeat", run=run + 1, seconds=args.duration
             )
             say(describe("POST heartbeat", beats))
+            say(f"    CPU per heartbeat, ms: {describe_cpu(beats)}")
             checks.append((f"run {run}", beats, before, settled_samples(database)))
             baseline_runs.append(baseline)
             heartbeat_runs.append(beats)
@@ -494,7 +552,15 @@ def main() -> int:
         for run, (key, rate) in enumerate((("goal", GOAL_RATE), ("fleet", fleet_rate)), start=args.runs + 2):
             before = stored_samples(database)
             beats = load_run(
-                slm, args, script, nodes_file, mode="heartbeat", run=run, seconds=args.duration, pace=rate
+                slm,
+                database,
+                args,
+                script,
+                nodes_file,
+                mode="heartbeat",
+                run=run,
+                seconds=args.duration,
+                pace=rate,
             )
             say(describe(f"paced at {rate:.0f}/s", beats))
             checks.append((f"paced {key}", beats, before, settled_samples(database)))
@@ -534,6 +600,11 @@ def main() -> int:
     p99_ms = median([r["latency_us"]["p99"] / 1000 for r in heartbeat_runs])
     baseline_p99_ms = median([r["latency_us"]["p99"] / 1000 for r in baseline_runs])
     at_goal, at_fleet = paced["goal"], paced["fleet"]
+    cpu = {
+        kind: round(median([r["cpu_ms"][kind] for r in heartbeat_runs]), 2)
+        for kind in ("server", "postgres", "wrk")
+    }
+    baseline_cpu = round(median([r["cpu_ms"]["server"] for r in baseline_runs]), 2)
     at_goal_p99_ms = at_goal["latency_us"]["p99"] / 1000
     at_fleet_p99_ms = at_fleet["latency_us"]["p99"] / 1000
     # Met when the server saturates at or above the goal's rate and, offered that rate, keeps up with
@@ -549,6 +620,10 @@ def main() -> int:
     say(
         f"offered {GOAL_RATE:.0f}/s: {at_goal['rate']:.0f}/s done, p99 {at_goal_p99_ms:.1f} ms; "
         f"offered the fleet's rate {at_fleet['rate']:.0f}/s: p99 {at_fleet_p99_ms:.1f} ms"
+    )
+    say(
+        f"CPU per heartbeat (median): server {cpu['server']} ms, PostgreSQL backends {cpu['postgres']} ms, "
+        f"wrk {cpu['wrk']} ms; per GET /healthz: server {baseline_cpu} ms"
     )
     say(
         f"node list p95: {list_default['p95_ms']:.1f} ms (default page of 50), "
@@ -572,6 +647,8 @@ def main() -> int:
                 "runs": [round(r["rate"], 1) for r in heartbeat_runs],
                 "baseline_runs": [round(r["rate"], 1) for r in baseline_runs],
                 "goal_met": goal_met,
+                "cpu_ms_per_heartbeat": cpu,
+                "cpu_ms_per_baseline_request": baseline_cpu,
                 "node_list_p95_ms": round(list_default["p95_ms"], 1),
                 "node_list_500_p95_ms": round(list_500["p95_ms"], 1),
                 "correct": correct,
