@@ -12,20 +12,20 @@ import resource
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_DIR = Path(__file__).resolve().parents[1]
+# The loopback process helpers are the ones the live-SLM test fixture uses: one copy.
+sys.path.insert(0, str(REPO_DIR))
+from tests.fixtures.live_slm import base_process_env, free_port, wait_for_http  # noqa: E402 - after the path insert above
+
 POSTGRES_SERVER_URL = os.environ.get("AUTOBOT_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
 START_TIMEOUT_SECONDS = 60
 STOP_TIMEOUT_SECONDS = 15
@@ -36,12 +36,6 @@ STOP_TIMEOUT_SECONDS = 15
 
 def say(message: str = "") -> None:
     print(message, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def load_average() -> str:
@@ -82,28 +76,6 @@ def percentile(values: list[float], pct: float) -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
-
-
-def base_process_env() -> dict[str, str]:
-    """A clean environment for child processes: nothing of the caller's settings leaks in."""
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER")
-    return {name: os.environ[name] for name in keep if name in os.environ}
-
-
-def wait_for_http(url: str, *, timeout: float, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own loopback URL
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-            last_error = exc
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {timeout} s ({last_error!r})")
 
 
 # --- database --------------------------------------------------------------------------------------------
