@@ -195,7 +195,7 @@ class NodeAdmin(ModelAdmin):
 
     @display(description="roles")
     def roles_badges(self, node: Node) -> str:
-        names = [node_role.role.name for node_role in node.node_roles.all()]
+        names = [node_role.role.name for node_role in node.roles_in_order()]
         return badges(names) if names else "-"
 
     @display(description="last heartbeat", ordering="last_heartbeat_at")

@@ -108,6 +108,15 @@ class Node(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def roles_in_order(self) -> list[NodeRole]:
+        """The node's roles (with their ``Role``) by role name: the list prefetched by
+        ``selectors.node_list`` when there is one (a plain list: no queryset built per node), else one
+        query."""
+        prefetched = getattr(self, "prefetched_roles", None)
+        if prefetched is not None:
+            return prefetched
+        return list(self.node_roles.select_related("role").order_by("role__name"))
+
 
 class NodeRole(models.Model):
     """A role assigned to a node: the version we want there and the version its agent reports."""
@@ -197,7 +206,9 @@ class NodeStateTransition(models.Model):
 class HeartbeatSample(models.Model):
     """One heartbeat's metrics, kept raw for a day (charts of the last hours), then rolled up."""
 
-    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="samples")
+    # No index of its own: the unique (node, sequence) index serves every lookup by node, and each
+    # index is one more write per heartbeat.
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="samples", db_index=False)
     sequence = models.BigIntegerField()
     sent_at = models.DateTimeField()
     received_at = models.DateTimeField()

@@ -10,6 +10,7 @@ from typing import Any
 from django.db.models import Count, Prefetch, Q, QuerySet
 from django.utils import timezone
 
+from slm_project.access.tokens import token_matches
 from slm_project.fleet.choices import NodeState, ServiceState
 from slm_project.fleet.constants import HEARTBEAT_INTERVAL_SECONDS
 from slm_project.fleet.models import HeartbeatSample, MetricRollup, Node, NodeEvent, NodeRole, Service
@@ -28,9 +29,14 @@ ORDERINGS = {
 
 def node_list(*, filters: dict[str, Any] | None = None, ordering: str = "name") -> QuerySet[Node]:
     filters = filters or {}
-    nodes = Node.objects.prefetch_related(
-        Prefetch("node_roles", queryset=NodeRole.objects.select_related("role").order_by("role__name"))
+    # Into a plain list (``Node.roles_in_order``), and only the role's name: a page of 500 nodes spent
+    # a third of its time building a related manager per node and decoding the roles' JSON columns.
+    roles = (
+        NodeRole.objects.select_related("role")
+        .defer("role__services", "role__ports", "role__health_probe", "role__description")
+        .order_by("role__name")
     )
+    nodes = Node.objects.prefetch_related(Prefetch("node_roles", queryset=roles, to_attr="prefetched_roles"))
     if filters.get("state"):
         nodes = nodes.filter(state__in=filters["state"])
     if filters.get("role"):
@@ -160,3 +166,9 @@ def node_metrics(*, node: Node, window: str) -> list[dict[str, Any]]:
             "load_avg",
         )
     )
+
+
+def node_agent_token_matches(*, node_id, token: str) -> bool:
+    """Whether ``token`` is the agent token of node ``node_id`` (False for an unknown node)."""
+    stored_hash = Node.objects.filter(pk=node_id).values_list("agent_token_hash", flat=True).first()
+    return stored_hash is not None and token_matches(token, stored_hash)
