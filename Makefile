@@ -8,9 +8,11 @@ PYTEST := $(VENV)/bin/pytest
 
 SLM_PORT ?= 8001
 BUSINESS_PORT ?= 8000
+# The embedded model server (Procfile `llm-local`) and the default provider that points at it.
+LLM_LOCAL_PORT ?= 8080
 # The business app finds the SLM started next to it unless told otherwise.
 BUSINESS_SLM_API_URL ?= http://127.0.0.1:$(SLM_PORT)
-export SLM_PORT BUSINESS_PORT BUSINESS_SLM_API_URL
+export SLM_PORT BUSINESS_PORT BUSINESS_SLM_API_URL LLM_LOCAL_PORT
 
 SLM_TEST := DJANGO_SETTINGS_MODULE=slm_project.config.settings.test
 BUSINESS_TEST := DJANGO_SETTINGS_MODULE=business_project.config.settings.test
@@ -29,16 +31,20 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
+# llama-cpp-python builds from source (about 4 minutes, once: pip caches the wheel). Portable flags: the
+# build runs on any x86-64 CPU with AVX2, not only on the one that compiled it.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF
+
 $(VENV)/.installed-local: $(PY) requirements/base.txt requirements/slm.txt requirements/business.txt requirements/local.txt
-	$(PIP) install --quiet -r requirements/local.txt
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --quiet -r requirements/local.txt
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed-local requirements/dev.txt
 	$(PIP) install --quiet -r requirements/dev.txt
 	touch $@
 
-## run: install, migrate both databases, create the first admins and the business app's SLM API client,
-## start every process (Ctrl-C stops all)
+## run: install, migrate both databases, create the first admins, the business app's SLM API client and
+## its default LLM provider (the embedded model), start every process (Ctrl-C stops all)
 run: $(VENV)/.installed-local
 	$(PY) manage_slm.py migrate --noinput
 	$(PY) manage_business.py migrate --noinput
@@ -46,6 +52,7 @@ run: $(VENV)/.installed-local
 	$(PY) manage_business.py collectstatic --noinput -v0
 	$(PY) manage_slm.py bootstrap_admin --env-prefix SLM_
 	$(PY) manage_business.py bootstrap_admin --env-prefix BUSINESS_
+	$(PY) manage_business.py ensure_default_provider
 	@$(MAKE) --no-print-directory slm-api-token
 	@echo "SLM ops portal: http://127.0.0.1:$(SLM_PORT)/admin/   business app: http://127.0.0.1:$(BUSINESS_PORT)/"
 	exec $(VENV)/bin/honcho --procfile Procfile start

@@ -172,6 +172,9 @@ def logging_settings(*, level: str) -> dict[str, Any]:
                 "django": {"level": level, "propagate": True},
                 # One line per request is the access log's job (gunicorn/uvicorn), not Django's.
                 "django.server": {"level": "WARNING", "propagate": True},
+                # httpx logs a line per request with its URL: noise per LLM call, and a URL may carry
+                # credentials. Its warnings still show.
+                "httpx": {"level": "WARNING", "propagate": True},
             },
         }
     }

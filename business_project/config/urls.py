@@ -2,7 +2,7 @@
 machines, fleets or deployments (the route test in tests/business holds that; those live in the SLM)."""
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from business_project.system import views as system_views
@@ -17,6 +17,11 @@ urlpatterns = [
     path("readyz", system_views.readyz, name="readyz"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/llm/", include("business_project.llm.api.urls")),
+    path("api/auth/", include("business_project.accounts.api.urls")),
+    path("api/", include("business_project.chat.api.urls")),
+    path("accounts/", include("business_project.accounts.urls")),
+    path("chat/", include("business_project.chat.urls")),
     # Users and (later) providers are managed here; nothing infrastructural is registered in this admin.
     path("admin/", admin.site.urls),
 ]

@@ -7,329 +7,82 @@ master key's id (kid) as associated data. Master keys live in the environment on
 (``SLM_MASTER_KEYS (or MASTER_KEYS)``, ``kid:base64key,…``), never in the database, so a database dump alone
 reveals nothing. Rotating a master key re-wraps the small data keys; the ciphertexts stay as they are.
 
-This is a plain module (no models), usable from both the models and the services of the app. Nothing here
-logs, and no error message carries key material or plaintext: messages name ids, contexts and variables.
+The mechanism is ``service_kit.envelope`` (the business app uses it too); this module is the SLM's vault:
+its settings (``VAULT_MASTER_KEYS``, ``VAULT_MASTER_KEY_ID``, ``VAULT_MASTER_KEYS_FILE``), the variable
+names its messages quote, and the functions the rest of the SLM calls. It is a plain module (no models),
+usable from both the models and the services of the app. Nothing here logs, and no error message carries
+key material or plaintext: messages name ids, contexts and variables.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import os
-import re
-import secrets
-import threading
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
-from django.core.signals import setting_changed
-from django.dispatch import receiver
-from rest_framework import status
+from service_kit import envelope
+from service_kit.envelope import (
+    KEY_BYTES,
+    KEY_ID_MAX_LENGTH,
+    KEY_ID_PATTERN,
+    NONCE_BYTES,
+    TAG_BYTES,
+    WRAPPED_KEY_BYTES,
+    MasterKeyConfigurationError,
+    MasterKeyring,
+    SealedValue,
+    UnknownMasterKeyError,
+    VaultError,
+    VaultIntegrityError,
+    generate_master_key_entry,
+)
 
-from service_kit.env import persistent_secret_file
-from service_kit.errors import ServiceError
+__all__ = [
+    "KEY_BYTES",
+    "KEY_ID_MAX_LENGTH",
+    "KEY_ID_PATTERN",
+    "MASTER_KEYS_VARIABLE",
+    "MASTER_KEY_ID_VARIABLE",
+    "NONCE_BYTES",
+    "TAG_BYTES",
+    "WRAPPED_KEY_BYTES",
+    "MasterKeyConfigurationError",
+    "MasterKeyring",
+    "SealedValue",
+    "UnknownMasterKeyError",
+    "VaultError",
+    "VaultIntegrityError",
+    "build_master_keyring",
+    "generate_master_key_entry",
+    "master_keyring",
+    "open_sealed",
+    "parse_master_keys",
+    "persistent_master_keys",
+    "reset_master_keyring",
+    "rewrap",
+    "seal",
+    "verify_wrapped_key",
+]
 
 MASTER_KEYS_VARIABLE = "SLM_MASTER_KEYS (or MASTER_KEYS)"
 MASTER_KEY_ID_VARIABLE = "SLM_MASTER_KEY_ID (or MASTER_KEY_ID)"
-KEY_BYTES = 32  # AES-256, for master keys and data keys alike
-NONCE_BYTES = 12  # the AES-GCM standard nonce; random nonces are safe at one use per data key
-TAG_BYTES = 16
-WRAPPED_KEY_BYTES = KEY_BYTES + TAG_BYTES
-KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-KEY_ID_MAX_LENGTH = 64
 
-# Domain separation: a wrapped data key can never be taken for a value's ciphertext or the reverse,
-# and a later format can change these without old ciphertexts opening as the new format.
-_DATA_AAD_PREFIX = b"autobot-vault/v1/data\x00"
-_WRAP_AAD_PREFIX = b"autobot-vault/v1/wrap\x00"
+_vault = envelope.EnvelopeVault(
+    keys_variable=MASTER_KEYS_VARIABLE, key_id_variable=MASTER_KEY_ID_VARIABLE, setting_prefix="VAULT_"
+)
 
-
-# --------------------------------------------------------------------------------------------------
-# Errors
-
-
-class VaultError(ServiceError):
-    """A value could not be sealed or opened. Messages name ids and variables, never secret bytes."""
-
-    status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
-    default_code = "vault_error"
-    default_detail = "The credential vault failed."
-
-
-class MasterKeyConfigurationError(VaultError, ImproperlyConfigured):
-    """The master keys (environment or key file) are missing or malformed."""
-
-    default_code = "vault_master_keys_invalid"
-
-
-class UnknownMasterKeyError(VaultError):
-    """A value is wrapped by a master key id that is not configured (removed too early, or a typo)."""
-
-    default_code = "vault_master_key_unknown"
-
-
-class VaultIntegrityError(VaultError):
-    """Authentication failed: the stored parts were altered, moved to another owner, or wrapped by a
-    different key under the same id."""
-
-    default_code = "vault_integrity_error"
-
-
-# --------------------------------------------------------------------------------------------------
-# The master keyring
-
-
-class MasterKeyring:
-    """The configured master keys by id, and the id that wraps new data keys.
-
-    ``repr`` shows ids only, so a keyring in a traceback or a debugger never prints key material.
-    """
-
-    def __init__(self, keys: Mapping[str, bytes], *, active_key_id: str) -> None:
-        if active_key_id not in keys:
-            raise MasterKeyConfigurationError(f"master key {active_key_id!r} is not in the keyring")
-        self._keys = MappingProxyType(dict(keys))
-        self.active_key_id = active_key_id
-
-    @property
-    def key_ids(self) -> tuple[str, ...]:
-        return tuple(self._keys)
-
-    def __contains__(self, key_id: object) -> bool:
-        return key_id in self._keys
-
-    def key(self, key_id: str) -> bytes:
-        try:
-            return self._keys[key_id]
-        except KeyError:
-            configured = ", ".join(self._keys) or "none"
-            raise UnknownMasterKeyError(
-                f"master key {key_id!r} is not configured in {MASTER_KEYS_VARIABLE} "
-                f"(configured: {configured}); add it back until rotate_master_key has re-wrapped its values"
-            ) from None
-
-    def __repr__(self) -> str:
-        return f"MasterKeyring(key_ids={list(self._keys)!r}, active_key_id={self.active_key_id!r})"
-
-
-def _decode_key(encoded: str, *, key_id: str, source: str) -> bytes:
-    # Both base64 alphabets are accepted: `openssl rand -base64 32` and Python's urlsafe output alike.
-    normalized = encoded.replace("-", "+").replace("_", "/")
-    try:
-        key = base64.b64decode(normalized, validate=True)
-    except (binascii.Error, ValueError):
-        raise MasterKeyConfigurationError(f"{source}: key {key_id!r} is not valid base64") from None
-    if len(key) != KEY_BYTES:
-        raise MasterKeyConfigurationError(
-            f"{source}: key {key_id!r} must decode to {KEY_BYTES} bytes, not {len(key)} "
-            "(make one with: openssl rand -base64 32)"
-        )
-    return key
+build_master_keyring = _vault.build_master_keyring
+master_keyring = _vault.master_keyring
+reset_master_keyring = _vault.reset_master_keyring
+seal = _vault.seal
+open_sealed = _vault.open_sealed
+rewrap = _vault.rewrap
+verify_wrapped_key = _vault.verify_wrapped_key
 
 
 def parse_master_keys(value: str, *, source: str = MASTER_KEYS_VARIABLE) -> dict[str, bytes]:
-    """``kid:base64key`` entries separated by commas (or new lines) → keys by id, in the listed order.
-
-    ``source`` names where the value came from in error messages; the messages quote key ids and entry
-    positions, never an entry itself (a malformed entry may be a bare key).
-    """
-    keys: dict[str, bytes] = {}
-    entries = [entry.strip() for entry in re.split(r"[,\n]", value)]
-    for position, entry in enumerate((entry for entry in entries if entry), start=1):
-        key_id, separator, encoded = entry.partition(":")
-        key_id, encoded = key_id.strip(), encoded.strip()
-        if not separator or not key_id or not encoded:
-            raise MasterKeyConfigurationError(f"{source}: entry {position} is not of the form kid:base64key")
-        if not KEY_ID_PATTERN.match(key_id):
-            # An id that fails the pattern may be key material pasted in the wrong place: not quoted.
-            raise MasterKeyConfigurationError(
-                f"{source}: the key id of entry {position} must be 1-{KEY_ID_MAX_LENGTH} letters, digits, "
-                "'.', '_' or '-'"
-            )
-        if key_id in keys:
-            raise MasterKeyConfigurationError(f"{source}: key id {key_id!r} is listed more than once")
-        keys[key_id] = _decode_key(encoded, key_id=key_id, source=source)
-    if not keys:
-        raise MasterKeyConfigurationError(f"{source} holds no key (expected kid:base64key[,kid:base64key…])")
-    return keys
-
-
-def generate_master_key_entry(key_id: str) -> str:
-    """A new ``kid:base64key`` entry, for ``MASTER_KEYS`` or the local key file."""
-    if not KEY_ID_PATTERN.match(key_id):
-        raise MasterKeyConfigurationError(f"{key_id!r} is not a valid master key id")
-    return f"{key_id}:{base64.b64encode(AESGCM.generate_key(bit_length=KEY_BYTES * 8)).decode()}"
+    """``kid:base64key`` entries separated by commas (or new lines) → keys by id, in the listed order."""
+    return envelope.parse_master_keys(value, source=source)
 
 
 def persistent_master_keys(path: Path) -> str:
-    """The local keyring file's content, made once per installation (see ``persistent_secret_file``).
-
-    Used only when ``MASTER_KEYS`` is not set (the single-machine ``make run``); production settings
-    require the variable.
-    """
-    try:
-        return persistent_secret_file(
-            path, lambda: generate_master_key_entry(f"local-{secrets.token_hex(4)}") + "\n"
-        )
-    except ImproperlyConfigured as exc:
-        raise MasterKeyConfigurationError(
-            f"the master key file: {exc} (used because {MASTER_KEYS_VARIABLE} is not set)"
-        ) from None
-
-
-def build_master_keyring() -> MasterKeyring:
-    """The keyring the settings describe: ``VAULT_MASTER_KEYS``, else the key file ``VAULT_MASTER_KEYS_FILE``;
-    the active id ``VAULT_MASTER_KEY_ID``, else the last key listed."""
-    configured = settings.VAULT_MASTER_KEYS.strip()
-    if configured:
-        keys = parse_master_keys(configured, source=MASTER_KEYS_VARIABLE)
-    else:
-        path = Path(settings.VAULT_MASTER_KEYS_FILE)
-        keys = parse_master_keys(
-            persistent_master_keys(path),
-            source=f"the master key file {path} (used because {MASTER_KEYS_VARIABLE} is not set)",
-        )
-    active_key_id = settings.VAULT_MASTER_KEY_ID.strip() or list(keys)[-1]
-    if active_key_id not in keys:
-        raise MasterKeyConfigurationError(
-            f"{MASTER_KEY_ID_VARIABLE} is {active_key_id!r}, which is not a key id of {MASTER_KEYS_VARIABLE} "
-            f"(configured: {', '.join(keys)})"
-        )
-    return MasterKeyring(keys, active_key_id=active_key_id)
-
-
-_keyring: MasterKeyring | None = None
-_keyring_lock = threading.Lock()
-
-
-def master_keyring() -> MasterKeyring:
-    """The process's keyring, built on first use and kept (the environment does not change under a
-    running process); ``reset_master_keyring`` drops it."""
-    global _keyring  # the one per-process cache, guarded by the lock
-    keyring = _keyring
-    if keyring is None:
-        with _keyring_lock:
-            if _keyring is None:
-                _keyring = build_master_keyring()
-            keyring = _keyring
-    return keyring
-
-
-def reset_master_keyring() -> None:
-    global _keyring
-    with _keyring_lock:
-        _keyring = None
-
-
-@receiver(setting_changed)
-def _reset_on_setting_change(*, setting: str, **kwargs) -> None:
-    # Tests (override_settings, pytest-django's `settings`) change the keys within one process.
-    if setting.startswith("VAULT_MASTER_KEY"):
-        reset_master_keyring()
-
-
-# --------------------------------------------------------------------------------------------------
-# Sealing and opening
-
-
-@dataclass(frozen=True, repr=False)
-class SealedValue:
-    """The stored parts of one sealed value; none of them is secret without the master key."""
-
-    master_key_id: str
-    wrapped_data_key: bytes
-    key_nonce: bytes
-    data_nonce: bytes
-    ciphertext: bytes
-
-    def __repr__(self) -> str:
-        return f"SealedValue(master_key_id={self.master_key_id!r}, ciphertext_bytes={len(self.ciphertext)})"
-
-
-def _data_aad(context: str) -> bytes:
-    if not context:
-        raise VaultError("a sealed value needs a context naming its owner")
-    return _DATA_AAD_PREFIX + context.encode()
-
-
-def _wrap_aad(key_id: str) -> bytes:
-    return _WRAP_AAD_PREFIX + key_id.encode()
-
-
-def _wrap_data_key(data_key: bytes, *, key_id: str, keyring: MasterKeyring) -> tuple[bytes, bytes]:
-    key_nonce = os.urandom(NONCE_BYTES)
-    wrapped = AESGCM(keyring.key(key_id)).encrypt(key_nonce, data_key, _wrap_aad(key_id))
-    return wrapped, key_nonce
-
-
-def _unwrap_data_key(sealed: SealedValue, *, keyring: MasterKeyring) -> bytes:
-    master_key = keyring.key(sealed.master_key_id)
-    if len(sealed.key_nonce) != NONCE_BYTES or len(sealed.wrapped_data_key) != WRAPPED_KEY_BYTES:
-        raise VaultIntegrityError("the wrapped data key or its nonce has the wrong length (altered)")
-    try:
-        return AESGCM(master_key).decrypt(
-            sealed.key_nonce, sealed.wrapped_data_key, _wrap_aad(sealed.master_key_id)
-        )
-    except InvalidTag:
-        raise VaultIntegrityError(
-            f"the data key does not unwrap under master key {sealed.master_key_id!r}: the wrapped key, "
-            "its nonce or its key id was altered, or this id now names a different key"
-        ) from None
-
-
-def seal(plaintext: bytes, *, context: str, keyring: MasterKeyring | None = None) -> SealedValue:
-    """Encrypt ``plaintext`` under a fresh data key bound to ``context``, wrapped by the active master key."""
-    keyring = keyring or master_keyring()
-    aad = _data_aad(context)
-    data_key = AESGCM.generate_key(bit_length=KEY_BYTES * 8)
-    data_nonce = os.urandom(NONCE_BYTES)
-    ciphertext = AESGCM(data_key).encrypt(data_nonce, plaintext, aad)
-    wrapped, key_nonce = _wrap_data_key(data_key, key_id=keyring.active_key_id, keyring=keyring)
-    return SealedValue(
-        master_key_id=keyring.active_key_id,
-        wrapped_data_key=wrapped,
-        key_nonce=key_nonce,
-        data_nonce=data_nonce,
-        ciphertext=ciphertext,
-    )
-
-
-def open_sealed(sealed: SealedValue, *, context: str, keyring: MasterKeyring | None = None) -> bytes:
-    """The plaintext of ``sealed``; raises a ``VaultError`` subclass if any part or the context differs."""
-    keyring = keyring or master_keyring()
-    aad = _data_aad(context)
-    data_key = _unwrap_data_key(sealed, keyring=keyring)
-    if len(sealed.data_nonce) != NONCE_BYTES:
-        raise VaultIntegrityError(f"the nonce of the value for {context!r} has the wrong length (altered)")
-    try:
-        return AESGCM(data_key).decrypt(sealed.data_nonce, sealed.ciphertext, aad)
-    except InvalidTag:
-        raise VaultIntegrityError(
-            f"the value does not decrypt for {context!r}: its ciphertext or nonce was altered, or it "
-            "belongs to another owner"
-        ) from None
-
-
-def rewrap(sealed: SealedValue, *, key_id: str, keyring: MasterKeyring | None = None) -> SealedValue:
-    """``sealed`` with its data key wrapped by master key ``key_id``; the ciphertext is unchanged."""
-    keyring = keyring or master_keyring()
-    data_key = _unwrap_data_key(sealed, keyring=keyring)
-    wrapped, key_nonce = _wrap_data_key(data_key, key_id=key_id, keyring=keyring)
-    return SealedValue(
-        master_key_id=key_id,
-        wrapped_data_key=wrapped,
-        key_nonce=key_nonce,
-        data_nonce=sealed.data_nonce,
-        ciphertext=sealed.ciphertext,
-    )
-
-
-def verify_wrapped_key(sealed: SealedValue, *, keyring: MasterKeyring | None = None) -> None:
-    """Raises unless the data key of ``sealed`` unwraps (the value itself is not decrypted)."""
-    _unwrap_data_key(sealed, keyring=keyring or master_keyring())
+    """The local keyring file's content, made once per installation (``make run`` without MASTER_KEYS)."""
+    return _vault.persistent_master_keys(path)

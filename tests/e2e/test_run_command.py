@@ -32,6 +32,7 @@ READY_MARKERS = (
     r"business-web\.1\s+\|.*Uvicorn running",
     r"business-worker\.1\s+\|.*business@\S+ ready\.",
     r"business-beat\.1\s+\|.*beat: Starting",
+    r"llm-local\.1\s+\|.*Uvicorn running",
 )
 
 pytestmark = pytest.mark.e2e
@@ -41,6 +42,7 @@ class RunCommand:
     def __init__(self, tmp_path: Path) -> None:
         self.slm_port = free_port()
         self.business_port = free_port()
+        self.llm_port = free_port()
         self.log_path = tmp_path / "make-run.log"
         self.var_dir = tmp_path / "var"
         env = {
@@ -53,6 +55,7 @@ class RunCommand:
             "VAR_DIR": str(self.var_dir),
             "SLM_PORT": str(self.slm_port),
             "BUSINESS_PORT": str(self.business_port),
+            "LLM_LOCAL_PORT": str(self.llm_port),
             "ADMIN_PASSWORD": ADMIN_PASSWORD,
         }
         with self.log_path.open("wb") as log:
@@ -148,6 +151,9 @@ def test_make_run_brings_up_the_whole_system_and_ctrl_c_stops_it(run_command):
     wait_for_http(f"{run_command.business}/healthz", timeout=60, process=run_command.process)
     run_command.wait_for_markers(timeout=120)
     assert "Created admin user 'admin'." in run_command.log()
+    # The embedded model server is up and registered as the business app's default LLM provider.
+    local_provider = f"LLM provider 'local' (openai, http://127.0.0.1:{run_command.llm_port}) created"
+    assert local_provider in run_command.log()
     assert ADMIN_PASSWORD not in run_command.log()
 
     ready = requests.get(f"{run_command.business}/readyz", timeout=30).json()
@@ -180,7 +186,7 @@ def test_make_run_brings_up_the_whole_system_and_ctrl_c_stops_it(run_command):
     while group_alive(run_command.process.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not group_alive(run_command.process.pid), "processes survived Ctrl-C"
-    for port in (run_command.slm_port, run_command.business_port):
+    for port in (run_command.slm_port, run_command.business_port, run_command.llm_port):
         with pytest.raises(requests.ConnectionError):
             requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
 

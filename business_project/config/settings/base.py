@@ -3,13 +3,18 @@ with none set, everything runs on one machine without servers: SQLite and the fi
 ``var/business``, a local-memory cache and an in-memory channel layer."""
 
 from business_project.config.env import VAR_DIR, env
-from business_project.config.settings.integrations.cache import *  # noqa: F403 - settings are module globals
+from business_project.config.settings.integrations.accounts import *  # noqa: F403 - settings are module globals
+from business_project.config.settings.integrations.cache import *  # noqa: F403
 from business_project.config.settings.integrations.celery import *  # noqa: F403
 from business_project.config.settings.integrations.channels import *  # noqa: F403
+from business_project.config.settings.integrations.chat import *  # noqa: F403
 from business_project.config.settings.integrations.database import *  # noqa: F403
+from business_project.config.settings.integrations.llm import *  # noqa: F403
 from business_project.config.settings.integrations.logging import *  # noqa: F403
 from business_project.config.settings.integrations.rest import *  # noqa: F403
+from business_project.config.settings.integrations.schedule import *  # noqa: F403
 from business_project.config.settings.integrations.slm import *  # noqa: F403
+from business_project.config.settings.integrations.vault import *  # noqa: F403
 from service_kit.env import persistent_secret_key
 from service_kit.integrations import django_core_settings
 
@@ -35,6 +40,8 @@ INSTALLED_APPS = [
     "service_kit",
     "business_project.accounts",
     "business_project.system",
+    "business_project.llm",
+    "business_project.chat",
 ]
 
 MIDDLEWARE = [

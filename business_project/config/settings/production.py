@@ -6,7 +6,7 @@ from django.core.exceptions import ImproperlyConfigured
 from business_project.config.env import env
 from service_kit.integrations import production_settings
 
-env.require("SECRET_KEY", "DATABASE_URL", "REDIS_URL", "ALLOWED_HOSTS", "SLM_API_URL")
+env.require("SECRET_KEY", "DATABASE_URL", "REDIS_URL", "ALLOWED_HOSTS", "SLM_API_URL", "MASTER_KEYS")
 
 from business_project.config.settings.base import *  # noqa: E402, F403
 

@@ -19,6 +19,7 @@ VALID = {
     "ALLOWED_HOSTS": "autobot.example.org",
     "SLM_API_URL": "http://slm.invalid:8001",
     "SLM_API_TOKEN": "token-from-create-api-client",
+    "MASTER_KEYS": "k1:" + "A" * 43 + "=",
 }
 
 
@@ -42,7 +43,9 @@ def test_production_starts_with_every_required_value(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("missing", ["SLM_API_URL", "SLM_API_TOKEN", "SECRET_KEY", "REDIS_URL"])
+@pytest.mark.parametrize(
+    "missing", ["SLM_API_URL", "SLM_API_TOKEN", "SECRET_KEY", "REDIS_URL", "MASTER_KEYS"]
+)
 def test_production_names_the_missing_variable(tmp_path, missing):
     env = {name: value for name, value in VALID.items() if name != missing}
     result = run_check(env, tmp_path)

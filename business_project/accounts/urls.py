@@ -1,0 +1,11 @@
+from django.urls import path
+
+from business_project.accounts import views
+
+app_name = "accounts"
+
+urlpatterns = [
+    path("login/", views.LoginView.as_view(), name="login"),
+    path("logout/", views.LogoutView.as_view(), name="logout"),
+    path("tokens/", views.tokens_page, name="tokens"),
+]

@@ -1,0 +1,403 @@
+"""Generating assistant messages, and the event streams clients read them from.
+
+A generation runs as an asyncio task of the ASGI process that admitted it, independent of any socket:
+a client that disconnects does not stop it, a client that reconnects resumes it. It publishes each event
+to the message's buffer (``buffer.py``: Redis in production) and nowhere else; websocket consumers and
+the SSE endpoint read from the buffer (``events_read``), from the ``seq`` they have.
+
+The answer is written to the database once at the end (``services.generation_finish``), with a
+checkpoint at most every ``CHAT_CHECKPOINT_INTERVAL`` seconds while it streams — never per token.
+
+Stopping: ``generation_stop`` sets the stop flag of a generation running in this process, or broadcasts
+on the channel layer group ``chat-stop.<message id>`` to the process that runs it. The generation then
+closes the upstream request at once (``stream.aclose()``) and stores the partial answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from business_project.chat import events, services
+from business_project.chat.buffer import BufferedEvent, BufferExpired, event_buffer
+from business_project.chat.choices import EventType, MessageStatus, StopReason, UsageOutcome
+from business_project.chat.services import GenerationPlan, GenerationResult
+from business_project.llm.events import LlmError, NoProviderAvailable, StreamBroken, TextDelta
+from business_project.llm.services import open_stream
+from business_project.llm.streaming import estimate_prompt_tokens
+
+logger = logging.getLogger(__name__)
+
+STOP_MESSAGE_TYPE = "chat.generation.stop"
+# How long a stopped stream may take to let go of its read before it is cancelled.
+STOP_GRACE_SECONDS = 5.0
+
+__all__ = ["BufferExpired", "events_read", "generation_start", "generation_stop"]
+
+
+def stop_group(message_id: str) -> str:
+    return f"chat-stop.{message_id}"
+
+
+@dataclass
+class _Generation:
+    plan: GenerationPlan
+    loop: asyncio.AbstractEventLoop
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task | None = None
+
+
+# Generations running in this process, by message id (strong references: a task nobody holds can be
+# garbage-collected mid-run).
+_running: dict[str, _Generation] = {}
+
+
+# --------------------------------------------------------------------------------------------------
+# Starting, stopping, reading
+
+
+async def generation_start(plan: GenerationPlan) -> None:
+    """Publish ``message_start`` and start generating. When this returns, the message's buffer exists:
+    a reader may subscribe at once."""
+    buffer = event_buffer()
+    start = events.message_start(
+        message_id=plan.message_id,
+        conversation_id=plan.conversation_id,
+        parent_id=plan.parent_id,
+        regenerates_id=plan.regenerates_id,
+        client_ref=plan.client_ref,
+        provider_id=plan.provider_id,
+        model=plan.model,
+    )
+    try:
+        await buffer.publish(plan.message_id, BufferedEvent(1, EventType.MESSAGE_START, events.encode(start)))
+    except Exception:
+        logger.exception("chat: cannot publish to the event buffer; message %s fails", plan.message_id)
+        await _finish_unstarted(plan, code="event_buffer_unavailable")
+        raise
+    generation = _Generation(plan=plan, loop=asyncio.get_running_loop())
+    _running[plan.message_id] = generation
+    # A fresh context: the task must not inherit the caller's (a REST request's sync thread, which ends
+    # with the request, would otherwise run the generation's database calls).
+    generation.task = generation.loop.create_task(
+        _run(generation), name=f"chat-generation-{plan.message_id}", context=contextvars.Context()
+    )
+
+
+async def generation_stop(message_id: str) -> None:
+    """Ask the generation of ``message_id`` to stop, wherever it runs. Stopping a message that is not
+    generating any more does nothing."""
+    generation = _running.get(str(message_id))
+    if generation is not None:
+        if generation.loop is asyncio.get_running_loop():
+            generation.stop.set()
+        else:
+            generation.loop.call_soon_threadsafe(generation.stop.set)
+        return
+    layer = get_channel_layer()
+    if layer is not None:
+        await layer.group_send(stop_group(str(message_id)), {"type": STOP_MESSAGE_TYPE})
+
+
+def events_read(message_id: str, after_seq: int = 0) -> AsyncIterator[BufferedEvent]:
+    """The events of a message after ``after_seq``, in order, each once, live until its
+    ``message_end``. Raises ``BufferExpired`` when the message's events are gone (or never were)."""
+    return event_buffer().read(str(message_id), after_seq)
+
+
+def running_here() -> int:
+    return len(_running)
+
+
+# --------------------------------------------------------------------------------------------------
+# The generation task
+
+
+@dataclass
+class _Progress:
+    seq: int = 1  # message_start is seq 1
+    parts: list[str] = field(default_factory=list)
+    deltas: int = 0
+    first_token_at: float | None = None
+    end: object | None = None  # StreamEnd
+    ended: bool = False  # message_end published
+
+    @property
+    def content(self) -> str:
+        return "".join(self.parts)
+
+
+async def _listen_for_stop(generation: _Generation) -> None:
+    """Set the stop flag when another process broadcasts a stop for this message."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    group = stop_group(generation.plan.message_id)
+    channel = await layer.new_channel()
+    await layer.group_add(group, channel)
+    try:
+        while True:
+            message = await layer.receive(channel)
+            if message.get("type") == STOP_MESSAGE_TYPE:
+                generation.stop.set()
+                return
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(layer.group_discard(group, channel))
+
+
+async def _run(generation: _Generation) -> None:
+    plan = generation.plan
+    started = time.monotonic()
+    progress = _Progress()
+    listener = asyncio.ensure_future(_listen_for_stop(generation))
+    try:
+        result, error = await _generate(generation, progress, started)
+        await _finish(plan, progress, result, error)
+    except asyncio.CancelledError:
+        # The process is shutting down: record what there is, if the database still answers.
+        if not progress.ended:
+            with contextlib.suppress(BaseException):
+                interrupted = _result(plan, progress, started, status="interrupted")
+                await asyncio.shield(_finish(plan, progress, interrupted, None))
+        raise
+    except Exception:
+        logger.exception("chat: generation of message %s failed", plan.message_id)
+        error = (events.INTERNAL_ERROR, "The answer could not be generated because of a server error.")
+        if not progress.ended:
+            with contextlib.suppress(Exception):
+                failed = _result(plan, progress, started, status="error", code=error[0])
+                await _finish(plan, progress, failed, error)
+    finally:
+        listener.cancel()
+        _running.pop(plan.message_id, None)
+
+
+async def _generate(generation: _Generation, progress: _Progress, started: float):
+    """Stream the answer into the buffer. Returns the ``GenerationResult`` and the error to publish
+    (``(code, message)`` or None)."""
+    plan = generation.plan
+    stop = asyncio.ensure_future(generation.stop.wait())
+    try:
+        opening = asyncio.ensure_future(
+            open_stream(messages=plan.llm_messages, provider_id=plan.provider_id, model=plan.model)
+        )
+        await asyncio.wait({opening, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not opening.done():
+            opening.cancel()
+            with contextlib.suppress(BaseException):
+                await opening
+            return _result(plan, progress, started, status="stopped"), None
+        try:
+            stream = opening.result()
+        except NoProviderAvailable as exc:
+            code, message = exc.default_code, str(exc.detail)
+            return _result(plan, progress, started, status="no_provider", code=code), (code, message)
+        except LlmError as exc:
+            code, message = exc.default_code, str(exc.detail)
+            return _result(plan, progress, started, status="error", code=code), (code, message)
+        return await _consume(generation, stream, stop, progress, started)
+    finally:
+        stop.cancel()
+
+
+async def _consume(
+    generation: _Generation, stream, stop: asyncio.Future, progress: _Progress, started: float
+):
+    plan = generation.plan
+    buffer = event_buffer()
+    interval = settings.CHAT_CHECKPOINT_INTERVAL
+    checkpoint: asyncio.Task | None = None
+    last_checkpoint = time.monotonic()
+
+    async def pump() -> None:
+        nonlocal checkpoint, last_checkpoint
+        async for event in stream:
+            if type(event) is TextDelta:
+                progress.seq += 1
+                progress.parts.append(event.text)
+                progress.deltas += 1
+                if progress.first_token_at is None:
+                    progress.first_token_at = time.monotonic()
+                data = events.encode(
+                    events.delta(message_id=plan.message_id, seq=progress.seq, text=event.text)
+                )
+                await buffer.publish(plan.message_id, BufferedEvent(progress.seq, EventType.DELTA, data))
+                now = time.monotonic()
+                if now - last_checkpoint >= interval and (checkpoint is None or checkpoint.done()):
+                    last_checkpoint = now
+                    checkpoint = asyncio.ensure_future(
+                        _checkpoint(plan.message_id, progress.content, progress.seq)
+                    )
+            else:
+                progress.end = event
+
+    pumping = asyncio.ensure_future(pump())
+    stopped = False
+    try:
+        await asyncio.wait({pumping, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not pumping.done():
+            # Stop: closing the stream cancels the upstream request and ends the read pump() waits on.
+            stopped = True
+            await stream.aclose()
+            try:
+                await asyncio.wait_for(asyncio.shield(pumping), STOP_GRACE_SECONDS)
+            except TimeoutError:
+                pumping.cancel()
+        try:
+            pumping.result()
+        except StreamBroken as exc:
+            code, message = exc.default_code, str(exc.detail)
+            return _result(plan, progress, started, status="error", code=code, stream=stream), (code, message)
+        except asyncio.CancelledError:
+            pass
+    finally:
+        if not pumping.done():
+            pumping.cancel()
+        await stream.aclose()
+        if checkpoint is not None:
+            with contextlib.suppress(Exception):
+                await checkpoint
+    if progress.end is not None and not stopped:
+        return _result(plan, progress, started, status="complete", stream=stream), None
+    if stopped:
+        return _result(plan, progress, started, status="stopped", stream=stream), None
+    error = ("llm_stream_broken", "The stream ended without its end.")
+    return _result(plan, progress, started, status="error", code=error[0], stream=stream), error
+
+
+@database_sync_to_async
+def _checkpoint_write(message_id: str, content: str, last_seq: int) -> None:
+    services.message_checkpoint(message_id=message_id, content=content, last_seq=last_seq)
+
+
+async def _checkpoint(message_id: str, content: str, last_seq: int) -> None:
+    try:
+        await _checkpoint_write(message_id, content, last_seq)
+        await event_buffer().touch(message_id)
+    except Exception:  # a missed checkpoint costs nothing but durability; the final write follows
+        logger.warning("chat: checkpoint of message %s failed", message_id, exc_info=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# The end: one write, then the last events
+
+_OUTCOMES = {
+    "complete": (MessageStatus.COMPLETE, UsageOutcome.COMPLETE),
+    "stopped": (MessageStatus.STOPPED, UsageOutcome.STOPPED),
+    "error": (MessageStatus.ERROR, UsageOutcome.ERROR),
+    "no_provider": (MessageStatus.ERROR, UsageOutcome.NO_PROVIDER),
+    "interrupted": (MessageStatus.ERROR, UsageOutcome.INTERRUPTED),
+}
+
+
+def _result(
+    plan: GenerationPlan, progress: _Progress, started: float, *, status: str, code: str = "", stream=None
+) -> GenerationResult:
+    message_status, outcome = _OUTCOMES[status]
+    end = progress.end if status == "complete" else None
+    if end is not None:
+        stop_reason = end.stop_reason or StopReason.STOP
+        prompt_tokens, completion_tokens = end.usage.prompt_tokens, end.usage.completion_tokens
+        estimated = end.usage.estimated
+    else:
+        stop_reason = {
+            "stopped": StopReason.STOPPED,
+            "interrupted": StopReason.INTERRUPTED,
+        }.get(status, StopReason.ERROR)
+        # No usage report without a StreamEnd: estimate, and say so (the quota counts these too).
+        called = stream is not None or progress.deltas > 0
+        prompt_tokens = estimate_prompt_tokens(plan.llm_messages) if called else 0
+        completion_tokens = progress.deltas
+        estimated = called
+    ttft = getattr(stream, "time_to_first_token", None)
+    if ttft is None and progress.first_token_at is not None:
+        ttft = progress.first_token_at - started
+    provider = getattr(stream, "provider", None)
+    return GenerationResult(
+        status=message_status,
+        outcome=outcome,
+        content=progress.content,
+        stop_reason=str(stop_reason),
+        last_seq=progress.seq,
+        error_code=code or ("interrupted" if status == "interrupted" else ""),
+        provider_id=str(provider.id) if provider is not None else (plan.provider_id or ""),
+        provider=provider.name if provider is not None else "",
+        model=(getattr(stream, "model", None) or plan.model or "")
+        if stream is not None
+        else (plan.model or ""),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        tokens_estimated=estimated,
+        time_to_first_token_ms=round(ttft * 1000) if ttft is not None else None,
+        total_ms=round((time.monotonic() - started) * 1000),
+    )
+
+
+@database_sync_to_async
+def _finish_write(plan: GenerationPlan, result: GenerationResult) -> bool:
+    return services.generation_finish(message_id=plan.message_id, usage_id=plan.usage_id, result=result)
+
+
+async def _finish(plan: GenerationPlan, progress: _Progress, result: GenerationResult, error) -> None:
+    """Publish the error (if any), write the answer once, then publish ``message_end``: a client that
+    sees ``message_end`` and reloads over REST finds the final message. ``message_end`` is published
+    even when the write fails (the message then stays ``streaming`` until ``generation_reap_stale``)."""
+    buffer = event_buffer()
+    if error is not None:
+        code, message = error
+        seq = progress.seq + 1
+        data = events.encode(events.error(code=code, message=message, message_id=plan.message_id, seq=seq))
+        await buffer.publish(plan.message_id, BufferedEvent(seq, EventType.ERROR, data))
+        progress.seq = seq
+    seq = progress.seq + 1
+    result = dataclasses.replace(result, last_seq=seq)
+    try:
+        await _finish_write(plan, result)
+    except Exception:
+        logger.exception("chat: the final write of message %s failed", plan.message_id)
+    end = events.message_end(
+        message_id=plan.message_id,
+        seq=seq,
+        status=result.status,
+        stop_reason=result.stop_reason,
+        usage={
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "estimated": result.tokens_estimated,
+        },
+        provider_id=result.provider_id,
+        provider=result.provider,
+        model=result.model,
+        time_to_first_token_ms=result.time_to_first_token_ms,
+        total_ms=result.total_ms,
+    )
+    await buffer.publish(plan.message_id, BufferedEvent(seq, EventType.MESSAGE_END, events.encode(end)))
+    progress.seq = seq
+    progress.ended = True
+
+
+async def _finish_unstarted(plan: GenerationPlan, *, code: str) -> None:
+    """The buffer refused message_start: end the message in the database only."""
+    result = GenerationResult(
+        status=MessageStatus.ERROR,
+        outcome=UsageOutcome.ERROR,
+        content="",
+        stop_reason=StopReason.ERROR,
+        last_seq=0,
+        error_code=code,
+        provider_id=plan.provider_id or "",
+        model=plan.model or "",
+    )
+    with contextlib.suppress(Exception):
+        await _finish_write(plan, result)

@@ -1,0 +1,259 @@
+"""Generation and the event buffer: one write at the end with checkpoints at most every 2 s, the Redis
+buffer shared by processes (exactly once, in order), stops that reach another process, stale answers."""
+
+import asyncio
+import threading
+import time
+import uuid
+from datetime import timedelta
+
+import pytest
+from asgiref.sync import SyncToAsync
+from django.db import connections
+from django.db.backends.signals import connection_created
+from django.utils import timezone
+
+from business_project.chat import buffer as chat_buffer
+from business_project.chat import realtime
+from business_project.chat.buffer import BufferedEvent, BufferExpired, MemoryEventBuffer, RedisEventBuffer
+from business_project.chat.choices import MessageStatus, UsageOutcome
+from business_project.chat.models import Conversation, Message, UsageRecord
+from business_project.chat.services import generation_reap_stale
+from tests.business.chat.wire import open_chat
+
+
+class UpdateCounter:
+    """Counts UPDATEs of chat messages on every database connection opened from now on (any thread)."""
+
+    def __init__(self):
+        self.updates: list[float] = []
+        self.lock = threading.Lock()
+
+    def wrapper(self, execute, sql, params, many, context):
+        if sql.lstrip().upper().startswith("UPDATE") and '"chat_message"' in sql:
+            with self.lock:
+                self.updates.append(time.monotonic())
+        return execute(sql, params, many, context)
+
+    def install(self, sender, connection, **kwargs):
+        # The signal fires on every reconnect of a connection object, which keeps its wrappers.
+        if self.wrapper not in connection.execute_wrappers:
+            connection.execute_wrappers.append(self.wrapper)
+
+    def uninstall(self):
+        connection_created.disconnect(self.install)
+        for alias in connections:
+            for wrappers in (connections[alias].execute_wrappers,):
+                if self.wrapper in wrappers:
+                    wrappers.remove(self.wrapper)
+
+
+def test_an_answer_is_written_once_with_checkpoints_at_most_every_two_seconds(
+    asgi_server, provider, alice, alice_cookie
+):
+    tokens = [f" t{i}" for i in range(64)]
+    provider.script(tokens=tokens, token_delay=0.05)  # about 3.2 s of streaming
+    counter = UpdateCounter()
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
+    connection_created.connect(counter.install)
+    seen_mid_stream = []
+
+    async def scenario():
+        chat = await open_chat(asgi_server, cookie=alice_cookie)
+        await chat.send({"type": "send", "content": "Long answer"})
+        start = await chat.event()
+        started = time.monotonic()
+        events = await chat.until_end(start["message_id"])
+        await chat.close()
+        return start, events, time.monotonic() - started
+
+    def watch():
+        # What a reader of the database sees while the answer streams: the last checkpoint.
+        time.sleep(2.6)
+        seen_mid_stream.append(
+            Message.objects.filter(role="assistant").values_list("status", "content").first()
+        )
+        connections.close_all()
+
+    watcher = threading.Thread(target=watch)
+    try:
+        watcher.start()
+        start, events, duration = asyncio.run(scenario())
+        watcher.join()
+    finally:
+        counter.uninstall()
+        SyncToAsync.single_thread_executor.submit(counter.uninstall).result(timeout=10)
+    assert events[-1]["status"] == "complete"
+    assert duration > 2.5
+    # Checkpoints (at most one per 2 s of streaming) plus the one final write; never one per token.
+    assert 2 <= len(counter.updates) <= 1 + int(duration / 2) + 1, counter.updates
+    gaps = [later - earlier for earlier, later in zip(counter.updates, counter.updates[1:], strict=False)]
+    assert all(gap >= 0.9 for gap in gaps[:-1]), gaps
+    status, partial = seen_mid_stream[0]
+    assert status == MessageStatus.STREAMING
+    assert partial
+    assert "".join(tokens).startswith(partial)
+    assert partial != "".join(tokens)
+    answer = Message.objects.get(pk=start["message_id"])
+    assert answer.content == "".join(tokens)
+    assert answer.last_seq == events[-1]["seq"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The buffer
+
+
+def buffered(seq, kind="delta"):
+    return BufferedEvent(seq, kind, f'{{"seq":{seq}}}')
+
+
+async def exercise_exactly_once(writer, reader):
+    message_id = str(uuid.uuid4())
+    await writer.publish(message_id, buffered(1, "message_start"))
+    for seq in range(2, 6):
+        await writer.publish(message_id, buffered(seq))
+
+    async def read(after):
+        return [event.seq async for event in reader.read(message_id, after)]
+
+    live = asyncio.ensure_future(read(3))
+    await asyncio.sleep(0.1)
+    for seq in range(6, 9):
+        await writer.publish(message_id, buffered(seq))
+    await writer.publish(message_id, buffered(9, "message_end"))
+    return await asyncio.wait_for(live, 5), await read(0)
+
+
+def test_the_memory_buffer_replays_then_follows_live_exactly_once():
+    async def scenario():
+        memory = MemoryEventBuffer(ttl=60)
+        return await exercise_exactly_once(memory, memory)
+
+    after_three, everything = asyncio.run(scenario())
+    assert after_three == [4, 5, 6, 7, 8, 9]
+    assert everything == list(range(1, 10))
+
+
+def test_the_redis_buffer_is_shared_by_processes(redis_url):
+    async def scenario():
+        # Two clients with their own connections stand for two ASGI processes.
+        writer = RedisEventBuffer(redis_url, prefix=f"test-{uuid.uuid4().hex}", ttl=60)
+        reader = RedisEventBuffer(redis_url, prefix=writer.prefix, ttl=60)
+        try:
+            return await exercise_exactly_once(writer, reader)
+        finally:
+            await writer.close()
+            await reader.close()
+
+    after_three, everything = asyncio.run(scenario())
+    assert after_three == [4, 5, 6, 7, 8, 9]
+    assert everything == list(range(1, 10))
+
+
+def test_the_redis_buffer_expires(redis_url):
+    async def scenario():
+        buffer = RedisEventBuffer(redis_url, prefix=f"test-{uuid.uuid4().hex}", ttl=1)
+        message_id = str(uuid.uuid4())
+        await buffer.publish(message_id, buffered(1, "message_start"))
+        ttl = await buffer.redis.ttl(buffer.key(message_id))
+        await buffer.redis.delete(buffer.key(message_id))
+        try:
+            with pytest.raises(BufferExpired):
+                async for _ in buffer.read(message_id, 0):
+                    pass
+        finally:
+            await buffer.close()
+        return ttl
+
+    assert asyncio.run(scenario()) == 1
+
+
+def test_with_redis_configured_the_buffer_is_redis(settings):
+    settings.CHAT_EVENT_BUFFER_REDIS_URL = ""
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": "redis://redis.invalid:6379/3"}], "prefix": "business"},
+        }
+    }
+    assert chat_buffer.buffer_redis_url() == "redis://redis.invalid:6379/3"
+
+    async def kind():
+        return type(chat_buffer.event_buffer()).__name__
+
+    assert asyncio.run(kind()) == "RedisEventBuffer"
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    assert chat_buffer.buffer_redis_url() == ""
+    assert asyncio.run(kind()) == "MemoryEventBuffer"
+
+
+def test_ci_runs_the_chat_on_the_redis_buffer():
+    from django.conf import settings
+
+    from tests.fixtures.services import in_ci
+
+    if not in_ci():
+        pytest.skip("outside CI the in-process buffer is allowed")
+    assert chat_buffer.buffer_redis_url() == settings.TEST_REDIS_URL
+
+
+def test_a_stop_reaches_the_process_that_generates(asgi_server, provider, alice, alice_cookie, redis_url):
+    """Another process's stop arrives over the channel layer (Redis): sent here from a loop and a layer
+    client that are not the server's."""
+    from channels.layers import get_channel_layer
+
+    provider.script(tokens=[f" {i}" for i in range(100)], token_delay=0.05)
+
+    async def scenario():
+        chat = await open_chat(asgi_server, cookie=alice_cookie)
+        await chat.send({"type": "send", "content": "go"})
+        start = await chat.event()
+        await chat.event()
+        await asyncio.sleep(0.2)
+        layer = get_channel_layer()
+        await layer.group_send(realtime.stop_group(start["message_id"]), {"type": realtime.STOP_MESSAGE_TYPE})
+        events = await chat.until_end(start["message_id"], timeout=5)
+        await chat.close()
+        return events
+
+    events = asyncio.run(scenario())
+    assert events[-1]["status"] == "stopped"
+
+
+# --------------------------------------------------------------------------------------------------
+# Answers whose generator died
+
+
+@pytest.mark.django_db
+def test_stale_streaming_answers_are_ended(alice):
+    conversation = Conversation.objects.create(owner=alice)
+    question = Message.objects.create(conversation=conversation, position=0, role="user", content="q")
+    stale = Message.objects.create(
+        conversation=conversation,
+        position=1,
+        role="assistant",
+        status="streaming",
+        parent=question,
+        content="par",
+    )
+    UsageRecord.objects.create(user=alice, conversation=conversation, message=stale)
+    Message.objects.filter(pk=stale.pk).update(updated_at=timezone.now() - timedelta(hours=1))
+    other = Conversation.objects.create(owner=alice)
+    fresh = Message.objects.create(conversation=other, position=0, role="assistant", status="streaming")
+    assert generation_reap_stale() == 1
+    stale.refresh_from_db()
+    assert (stale.status, stale.stop_reason, stale.content) == (MessageStatus.ERROR, "interrupted", "par")
+    assert UsageRecord.objects.get(message=stale).outcome == UsageOutcome.INTERRUPTED
+    fresh.refresh_from_db()
+    assert fresh.status == MessageStatus.STREAMING
+    assert generation_reap_stale() == 0
+
+
+@pytest.mark.django_db
+def test_one_answer_streams_at_a_time_per_conversation(alice):
+    from django.db import IntegrityError, transaction
+
+    conversation = Conversation.objects.create(owner=alice)
+    Message.objects.create(conversation=conversation, position=0, role="assistant", status="streaming")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Message.objects.create(conversation=conversation, position=1, role="assistant", status="streaming")
