@@ -100,5 +100,9 @@ def routes_matching(paths: list[str], words: tuple[str, ...]) -> list[str]:
     return found
 
 
-def routes_outside(paths: list[str], prefixes: tuple[str, ...]) -> list[str]:
-    return [path for path in paths if not path.startswith(prefixes)]
+# Whole paths allowed besides the prefixes: the business home page (a redirect to the chat).
+BUSINESS_EXACT_ROUTES = ("",)
+
+
+def routes_outside(paths: list[str], prefixes: tuple[str, ...], exact: tuple[str, ...] = ()) -> list[str]:
+    return [path for path in paths if path not in exact and not path.startswith(prefixes)]

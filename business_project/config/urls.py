@@ -3,6 +3,7 @@ machines, fleets or deployments (the route test in tests/business holds that; th
 
 from django.contrib import admin
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from business_project.system import views as system_views
@@ -13,6 +14,8 @@ handler404 = "service_kit.errors.page_not_found"
 handler500 = "service_kit.errors.server_error"
 
 urlpatterns = [
+    # The home page is the chat (which sends a signed-out visitor to the login page).
+    path("", RedirectView.as_view(pattern_name="chat:page", permanent=False), name="home"),
     path("healthz", system_views.healthz, name="healthz"),
     path("readyz", system_views.readyz, name="readyz"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -5,6 +5,7 @@ from django.urls.resolvers import RegexPattern
 
 from business_project.config.routing import websocket_urlpatterns
 from tests.route_rules import (
+    BUSINESS_EXACT_ROUTES,
     BUSINESS_ROUTE_PREFIXES,
     INFRASTRUCTURE_WORDS,
     route_paths,
@@ -19,7 +20,7 @@ def _all_business_routes() -> list[str]:
 
 
 def test_business_routes_stay_inside_the_business_prefixes():
-    assert routes_outside(_all_business_routes(), BUSINESS_ROUTE_PREFIXES) == []
+    assert routes_outside(_all_business_routes(), BUSINESS_ROUTE_PREFIXES, BUSINESS_EXACT_ROUTES) == []
 
 
 def test_no_business_route_is_about_infrastructure():
@@ -51,10 +52,16 @@ def test_the_rules_catch_infrastructure_routes():
     )
     routes = route_paths(bad)
     assert routes_matching(routes, INFRASTRUCTURE_WORDS) == routes
-    assert routes_outside(routes, BUSINESS_ROUTE_PREFIXES) == [
+    assert routes_outside(routes, BUSINESS_ROUTE_PREFIXES, BUSINESS_EXACT_ROUTES) == [
         "api/infrastructure/hosts/",
         "api/fleet/nodes/<int:pk>/",
         "api/vm-monitoring/",
         "api/ssh-terminal/",
         "tools/",
     ]
+
+
+def test_the_home_page_sends_visitors_to_the_chat(client):
+    response = client.get("/")
+    assert response.status_code == 302
+    assert response["Location"] == "/chat/"
