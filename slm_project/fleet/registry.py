@@ -20,6 +20,12 @@ class RoleDefinition:
     playbook: str = "deploy.yml"
     # Services of this role the business layer may find through discovery, with their protocol.
     discoverable: dict[str, str] = field(default_factory=dict)
+    # The Ansible role that deploys it (``ansible/roles/<ansible_role>``); a role whose directory does not
+    # exist yet cannot be deployed. ``variables``: the extra vars an operator may set for a deployment
+    # (anything else is refused). ``vault_variables``: vars the SLM fills from its vault at run time.
+    ansible_role: str = ""
+    variables: tuple[str, ...] = ()
+    vault_variables: tuple[str, ...] = ()
 
 
 ROLES: dict[str, RoleDefinition] = {
@@ -31,6 +37,8 @@ ROLES: dict[str, RoleDefinition] = {
             services=("autobot-agent",),
             ports=(),
             health_probe={"type": "heartbeat", "max_age_seconds": 90},
+            ansible_role="slm_agent",
+            variables=("slm_agent_interval_seconds",),
         ),
         RoleDefinition(
             name=RoleName.REDIS,
@@ -40,6 +48,9 @@ ROLES: dict[str, RoleDefinition] = {
             health_probe={"type": "tcp", "port": 6379},
             depends_on=(RoleName.SLM_AGENT,),
             discoverable={"redis-server": "redis"},
+            ansible_role="redis",
+            variables=("redis_maxmemory", "redis_maxmemory_policy", "redis_appendonly"),
+            vault_variables=("redis_password",),
         ),
         RoleDefinition(
             name=RoleName.LLM,
@@ -49,6 +60,7 @@ ROLES: dict[str, RoleDefinition] = {
             health_probe={"type": "http", "port": 11434, "path": "/api/tags"},
             depends_on=(RoleName.SLM_AGENT,),
             discoverable={"ollama": "http"},
+            ansible_role="llm",
         ),
         RoleDefinition(
             name=RoleName.AI_STACK,
@@ -58,6 +70,7 @@ ROLES: dict[str, RoleDefinition] = {
             health_probe={"type": "http", "port": 8080, "path": "/health"},
             depends_on=(RoleName.SLM_AGENT, RoleName.REDIS),
             discoverable={"autobot-ai-stack": "http"},
+            ansible_role="ai_stack",
         ),
         RoleDefinition(
             name=RoleName.NPU_WORKER,
@@ -67,6 +80,7 @@ ROLES: dict[str, RoleDefinition] = {
             health_probe={"type": "http", "port": 8081, "path": "/health"},
             depends_on=(RoleName.SLM_AGENT,),
             discoverable={"autobot-npu-worker": "http"},
+            ansible_role="npu_worker",
         ),
         RoleDefinition(
             name=RoleName.BROWSER_WORKER,
@@ -76,6 +90,7 @@ ROLES: dict[str, RoleDefinition] = {
             health_probe={"type": "http", "port": 3000, "path": "/health"},
             depends_on=(RoleName.SLM_AGENT,),
             discoverable={"autobot-browser-worker": "http"},
+            ansible_role="browser_worker",
         ),
         RoleDefinition(
             name=RoleName.BACKEND,
@@ -85,6 +100,7 @@ ROLES: dict[str, RoleDefinition] = {
             health_probe={"type": "http", "port": 8000, "path": "/healthz"},
             depends_on=(RoleName.SLM_AGENT, RoleName.REDIS, RoleName.AI_STACK),
             discoverable={"autobot-business-web": "http"},
+            ansible_role="backend",
         ),
         RoleDefinition(
             name=RoleName.FRONTEND,
@@ -94,6 +110,7 @@ ROLES: dict[str, RoleDefinition] = {
             health_probe={"type": "http", "port": 80, "path": "/"},
             depends_on=(RoleName.SLM_AGENT, RoleName.BACKEND),
             discoverable={"nginx": "http"},
+            ansible_role="frontend",
         ),
     )
 }

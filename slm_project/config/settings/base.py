@@ -8,6 +8,7 @@ from slm_project.config.env import VAR_DIR, env
 from slm_project.config.settings.integrations.cache import *  # noqa: F403 - settings are module globals
 from slm_project.config.settings.integrations.celery import *  # noqa: F403
 from slm_project.config.settings.integrations.database import *  # noqa: F403
+from slm_project.config.settings.integrations.deployments import *  # noqa: F403
 from slm_project.config.settings.integrations.logging import *  # noqa: F403
 from slm_project.config.settings.integrations.rest import *  # noqa: F403
 from slm_project.config.settings.integrations.schedule import *  # noqa: F403
@@ -38,6 +39,7 @@ INSTALLED_APPS = [
     "slm_project.security",
     "slm_project.access",
     "slm_project.fleet",
+    "slm_project.deployments",
 ]
 
 MIDDLEWARE = [
