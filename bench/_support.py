@@ -65,6 +65,36 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def rss_kib(pid: int) -> int:
+    """Resident memory of a live process (``VmRSS`` of ``/proc/<pid>/status``), KiB; 0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def open_files(pid: int) -> int:
+    """How many file descriptors a live process holds (sockets included); 0 when it is gone."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def raise_open_files_limit(wanted: int) -> int:
+    """Raise this process's soft ``RLIMIT_NOFILE`` towards ``wanted`` (never past the hard limit; children
+    inherit it). Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
 def percentile(values: list[float], pct: float) -> float:
     """Nearest-rank percentile of ``values`` (no interpolation: a p95 of 100 samples is the 95th)."""
     ordered = sorted(values)
@@ -131,6 +161,16 @@ class ThrowawayDatabase:
                 return connection.execute(sql).fetchone()[0]
         with sqlite3.connect(self.name, timeout=20) as connection:
             return connection.execute(sql).fetchone()[0]
+
+    def rows(self, sql: str) -> list[tuple]:
+        """Every row of a read-only query, outside Django."""
+        if self.engine == "postgresql":
+            import psycopg
+
+            with psycopg.connect(self.url, connect_timeout=5) as connection:
+                return connection.execute(sql).fetchall()
+        with sqlite3.connect(self.name, timeout=20) as connection:
+            return connection.execute(sql).fetchall()
 
     def backend_pids(self) -> list[int]:
         """The PostgreSQL server processes serving this database, other than the asking one."""

@@ -13,6 +13,11 @@ from typing import Any
 # Channel layer: redis-py 8 runs out of connections above ~100 concurrent sockets with the defaults.
 CHANNEL_LAYER_MAX_CONNECTIONS = 1000
 CHANNEL_LAYER_CAPACITY = 1500
+# redis-py 8 gives every read a 5 s timeout by default, blocking commands included; channels_redis
+# blocks in BZPOPMIN for 5 s (brpop_timeout), so the read timed out about as often as Redis answered,
+# and the consumer whose task was reading died with its websocket. Longer than any block, with room for
+# a busy event loop.
+CHANNEL_LAYER_SOCKET_TIMEOUT = 30
 SQLITE_BUSY_TIMEOUT_SECONDS = 20
 
 
@@ -102,7 +107,13 @@ def channel_layer_settings(*, redis_url: str, prefix: str) -> dict[str, Any]:
         layer: dict[str, Any] = {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [{"address": redis_url, "max_connections": CHANNEL_LAYER_MAX_CONNECTIONS}],
+                "hosts": [
+                    {
+                        "address": redis_url,
+                        "max_connections": CHANNEL_LAYER_MAX_CONNECTIONS,
+                        "socket_timeout": CHANNEL_LAYER_SOCKET_TIMEOUT,
+                    }
+                ],
                 "capacity": CHANNEL_LAYER_CAPACITY,
                 "prefix": prefix,
             },

@@ -10,6 +10,7 @@ because then nothing was sent), the contract-version header on every request, HT
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar, overload
 from uuid import UUID
@@ -21,6 +22,13 @@ from urllib3.util.retry import Retry
 
 from shared_contracts import errors, paths
 from shared_contracts.schemas.common import ErrorBody, MetaInfo, Page
+from shared_contracts.schemas.deployments import (
+    EVENTS_PAGE_MAX,
+    Deployment,
+    DeploymentDetail,
+    DeploymentEventPage,
+    DeploymentRequest,
+)
 from shared_contracts.schemas.fleet import FleetSummary, Node, ServiceEndpoint
 from shared_contracts.version import (
     CONTRACT_VERSION,
@@ -64,6 +72,7 @@ class SlmClient:
             raise ValueError("base_url must be an http(s) URL")
         self.base_url = base_url.rstrip("/")
         self.timeout = (connect_timeout, read_timeout)
+        self.retries = retries
         self.session = requests.Session()
         # urllib3 re-sends only methods in ``allowed_methods`` after a read error or a retryable
         # status; a failed *connect* is retried for every method, because then nothing was sent.
@@ -163,6 +172,113 @@ class SlmClient:
     def discovery(self) -> list[ServiceEndpoint]:
         """``GET /api/v1/discovery``: every discoverable endpoint, healthy ones first."""
         return self._request("GET", paths.DISCOVERY, schema=ServiceEndpointList)
+
+    # --- deployments (scopes ``deployments:read`` and ``deployments:write``) ------------------------
+
+    def create_deployment(
+        self,
+        *,
+        nodes: Iterable[UUID | str],
+        roles: Iterable[str],
+        strategy: str = "all_at_once",
+        strategy_options: Mapping[str, Any] | None = None,
+        extra_vars: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> DeploymentDetail:
+        """``POST /api/v1/deployments``: request roles onto nodes; the deployment comes back queued.
+
+        The request carries an idempotency key (a new random one unless given), which makes it safe to
+        send again: when the SLM did not answer, it is re-sent up to ``retries`` times with the same key,
+        and the SLM returns the deployment it made for the key instead of making a second one. Pass
+        your own key to get the same guarantee across processes (a retried job, a double click).
+        ``ValidationFailed`` names the refused fields (unknown role or node, a variable outside the
+        roles' allowlist); ``Conflict`` a node that takes no deployment (decommissioned, not enrolled).
+        """
+        request = DeploymentRequest(
+            nodes=[UUID(paths.uuid_segment(node, "node")) for node in nodes],
+            roles=list(roles),
+            strategy=strategy,
+            strategy_options=dict(strategy_options or {}),
+            extra_vars=dict(extra_vars or {}),
+            idempotency_key=idempotency_key or f"client-{uuid.uuid4()}",
+        )
+        body = request.model_dump(mode="json")
+        attempt = 0
+        while True:
+            try:
+                return self._request("POST", paths.DEPLOYMENTS, schema=DeploymentDetail, json=body)
+            except errors.SlmUnavailable:
+                attempt += 1
+                if attempt > self.retries:
+                    raise
+                logger.info("SLM did not answer a deployment request; re-sending it with its key")
+
+    def list_deployments(
+        self,
+        *,
+        status: str | Iterable[str] | None = None,
+        node: UUID | str | None = None,
+        role: str | Iterable[str] | None = None,
+        ordering: str | None = None,
+        page: int = 1,
+        page_size: int | None = None,
+    ) -> Page[Deployment]:
+        """``GET /api/v1/deployments``: newest first unless ``ordering`` says otherwise; ``status`` and
+        ``role`` take one value or several (any matches), ``node`` a node id."""
+        if page < 1:
+            raise ValueError("page starts at 1")
+        if page_size is not None and page_size < 1:
+            raise ValueError("page_size must be positive")
+        params: dict[str, Any] = {"page": page}
+        if status is not None:
+            params["status"] = _joined(status)
+        if node is not None:
+            params["node"] = paths.uuid_segment(node, "node")
+        if role is not None:
+            params["role"] = _joined(role)
+        if ordering:
+            params["ordering"] = ordering
+        if page_size is not None:
+            params["page_size"] = page_size
+        return self._request("GET", paths.DEPLOYMENTS, schema=Page[Deployment], params=params)
+
+    def get_deployment(self, deployment_id: UUID | str) -> DeploymentDetail:
+        """``GET /api/v1/deployments/{id}``: the deployment with every run, its per-host counts and
+        its emitted and stored event counts."""
+        return self._request("GET", paths.deployment(deployment_id), schema=DeploymentDetail)
+
+    def deployment_events(
+        self,
+        deployment_id: UUID | str,
+        *,
+        after: int = 0,
+        limit: int | None = None,
+        attempt: int | None = None,
+    ) -> DeploymentEventPage:
+        """``GET /api/v1/deployments/{id}/events``: the events of the latest run (or of ``attempt``)
+        with a counter above ``after``, in order. Tail a run by passing the page's ``next_after``."""
+        if after < 0:
+            raise ValueError("after is a counter, 0 or more")
+        if limit is not None and not 1 <= limit <= EVENTS_PAGE_MAX:
+            raise ValueError(f"limit is between 1 and {EVENTS_PAGE_MAX}")
+        params: dict[str, Any] = {"after": after}
+        if limit is not None:
+            params["limit"] = limit
+        if attempt is not None:
+            params["attempt"] = attempt
+        return self._request(
+            "GET", paths.deployment_events(deployment_id), schema=DeploymentEventPage, params=params
+        )
+
+    def cancel_deployment(self, deployment_id: UUID | str) -> DeploymentDetail:
+        """``POST /api/v1/deployments/{id}/cancel``: a queued run ends at once, a running one is asked
+        to stop. ``Conflict`` when the latest run has finished already."""
+        return self._request("POST", paths.deployment_cancel(deployment_id), schema=DeploymentDetail)
+
+    def retry_deployment(self, deployment_id: UUID | str) -> DeploymentDetail:
+        """``POST /api/v1/deployments/{id}/retry``: a new queued attempt of a failed, lost, canceled or
+        timed-out deployment. ``Conflict`` when its latest run is queued, running or succeeded."""
+        return self._request("POST", paths.deployment_retry(deployment_id), schema=DeploymentDetail)
 
     # ----------------------------------------------------------------------------------------------
     # Plumbing

@@ -49,3 +49,33 @@ def node_segment(node_id: UUID | str) -> str:
         return str(UUID(str(node_id)))
     except ValueError:
         raise ValueError(f"a node id is a UUID, not {str(node_id)[:60]!r}") from None
+
+
+# --- deployments -------------------------------------------------------------------------------------
+DEPLOYMENTS = f"{API_PREFIX}/deployments"
+
+
+def deployment(deployment_id: UUID | str) -> str:
+    return f"{DEPLOYMENTS}/{uuid_segment(deployment_id, 'deployment')}"
+
+
+def deployment_events(deployment_id: UUID | str) -> str:
+    return f"{deployment(deployment_id)}/events"
+
+
+def deployment_cancel(deployment_id: UUID | str) -> str:
+    return f"{deployment(deployment_id)}/cancel"
+
+
+def deployment_retry(deployment_id: UUID | str) -> str:
+    return f"{deployment(deployment_id)}/retry"
+
+
+def uuid_segment(value: UUID | str, what: str) -> str:
+    """The canonical text of an id; ``ValueError`` for anything that is not a UUID."""
+    if isinstance(value, UUID):
+        return str(value)
+    try:
+        return str(UUID(str(value)))
+    except ValueError:
+        raise ValueError(f"a {what} id is a UUID, not {str(value)[:60]!r}") from None

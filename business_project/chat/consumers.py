@@ -41,6 +41,12 @@ def _iso(moment) -> str:
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
+    # No channel of its own: events come from the message buffers and stops go to the generation's own
+    # group (realtime.py), so nothing is ever sent to a chat socket's channel. Without one, a socket
+    # costs no channel-layer receive (a Redis BZPOPMIN loop shared by every socket of the process, whose
+    # failure ends the socket that happens to be reading) and less memory while it sits idle.
+    channel_layer_alias = None
+
     async def connect(self):
         self.forwarding: dict[str, asyncio.Task] = {}
         self.heartbeat: asyncio.Task | None = None

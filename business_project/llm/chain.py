@@ -153,6 +153,14 @@ _lock = threading.Lock()
 _snapshot: tuple[float, tuple[ProviderConfig, ...]] | None = None
 
 
+def fresh_chain() -> tuple[ProviderConfig, ...] | None:
+    """The snapshot while it is fresh, else None; never blocks (async callers skip the thread hop)."""
+    snapshot = _snapshot
+    if snapshot is not None and snapshot[0] > time.monotonic():
+        return snapshot[1]
+    return None
+
+
 def load_chain() -> tuple[ProviderConfig, ...]:
     """The chain, from the snapshot while it is fresh."""
     global _snapshot  # the per-process snapshot, guarded by the lock

@@ -430,7 +430,9 @@ async def open_stream(
             provider_id = uuid.UUID(str(provider_id))
         except ValueError:
             raise ProviderNotFound(f"No LLM provider {provider_id!r}.") from None
-    configs = await _load_chain()
+    # The snapshot is fresh nearly always: read it here rather than queueing behind the database work
+    # of every other request in asgiref's one thread.
+    configs = chain.fresh_chain() or await _load_chain()
     attempts: list[Attempt] = []
     if provider_id is not None and not any(config.id == provider_id for config in configs):
         name = await _provider_name(provider_id)

@@ -15,6 +15,7 @@ handler500 = "service_kit.errors.server_error"
 api_v1 = [
     path("", include("slm_project.system.api.urls")),
     path("", include("slm_project.fleet.api.urls")),
+    path("", include("slm_project.deployments.api.urls")),
 ]
 
 urlpatterns = [

@@ -1,26 +1,37 @@
 """Executing a deployment run (the Celery task calls ``run_execute`` with the run id).
 
-Stages: claim the run (``services.deployment_run_claim``; a second delivery or worker is refused at
-once), build what Ansible needs from the database and the vault (``playbook_run_for``), run it through
-the adapter (``runners.ansible``) while a ``RunWatch`` stores event batches, renews the lease and polls
-for a cancel request, then end the run with Ansible's outcome. Every write after the claim is fenced: an
-executor that lost its lease stops Ansible and writes nothing more.
+Stages: clear what a killed worker of this host left behind (``orphans_clear``), claim the run
+(``services.deployment_run_claim``; a second delivery or worker is refused at once, a run whose nodes are
+busy or that the maintenance policy holds back stays queued), then each step of the run's plan
+(``strategies``): build what Ansible needs from the database and the vault (``playbook_run_for``), run it
+through the adapter (``runners.ansible``) while a ``RunWatch`` stores event batches, renews the lease and
+polls for a cancel request, check the health of a rolling batch (``health.yml``), and end the run with the
+first failing step or success. Every write after the claim is fenced: an executor that lost its lease
+stops Ansible and writes nothing more.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
+import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 
-from slm_project.deployments import selectors, services
+from slm_project.deployments import actions, selectors, services
 from slm_project.deployments.choices import RunStatus
-from slm_project.deployments.constants import CANCEL_POLL_SECONDS, LEASE_RENEW_AFTER_SECONDS
+from slm_project.deployments.constants import (
+    CANCEL_POLL_SECONDS,
+    HEALTH_PROBE_TIMEOUT_SECONDS,
+    LEASE_RENEW_AFTER_SECONDS,
+)
 from slm_project.deployments.models import DeploymentRun
 from slm_project.deployments.runners import ansible
 from slm_project.fleet.choices import RoleName
@@ -29,6 +40,10 @@ from slm_project.fleet.registry import ROLES
 from slm_project.security.services import credential_reveal
 
 logger = logging.getLogger(__name__)
+
+HEALTH_PLAYBOOK = "health.yml"
+WORK_DIR_NAME_LENGTH = 6
+INTERNAL_ERROR = "internal error while running Ansible; see the SLM worker log"
 
 
 class RunSetupFailed(Exception):
@@ -57,9 +72,17 @@ def _agent_services(node: Any) -> list[dict[str, Any]]:
     return services
 
 
-def playbook_run_for(run: DeploymentRun) -> ansible.PlaybookRun:
+def playbook_run_for(
+    run: DeploymentRun,
+    *,
+    roles: list[str] | None = None,
+    node_ids: list[Any] | None = None,
+    timeout_seconds: int | None = None,
+    ident: str = "",
+) -> ansible.PlaybookRun:
+    """The playbook run of ``roles`` on ``node_ids`` (a step of the run; by default all of both)."""
     deployment = run.deployment
-    roles = list(deployment.roles)
+    roles = list(roles if roles is not None else deployment.roles)
     playbooks = {ROLES[name].playbook for name in roles}
     if len(playbooks) != 1:
         raise RunSetupFailed(f"the roles {roles} are deployed by different playbooks: {sorted(playbooks)}")
@@ -69,10 +92,12 @@ def playbook_run_for(run: DeploymentRun) -> ansible.PlaybookRun:
         for name in roles
         for variable in ROLES[name].vault_variables
     }
+    allowed = {variable for name in roles for variable in ROLES[name].variables}
+    nodes = deployment.nodes.select_related("agent_token_credential").order_by("name")
+    if node_ids is not None:
+        nodes = nodes.filter(pk__in=node_ids)
     hosts = []
-    for node in deployment.nodes.select_related("agent_token_credential").order_by("name"):
-        if not node.host_key:
-            raise RunSetupFailed(f"{node.name} has no pinned host key")
+    for node in nodes:
         variables: dict[str, Any] = {"slm_node_id": str(node.pk)}
         secret_variables: dict[str, str] = {}
         if RoleName.SLM_AGENT in roles:
@@ -86,26 +111,60 @@ def playbook_run_for(run: DeploymentRun) -> ansible.PlaybookRun:
                 credential=node.agent_token_credential
             ).decode()
         hosts.append(
-            ansible.TargetHost(
-                name=node.name,
-                address=node.address,
-                port=node.ssh_port,
-                user=node.ssh_user,
-                host_key=f"{node.host_key_type} {node.host_key}",
-                groups=groups,
-                variables=variables,
-                secret_variables=secret_variables,
-            )
+            _target_host(node, groups=groups, variables=variables, secret_variables=secret_variables)
         )
     return ansible.PlaybookRun(
-        ident=str(run.pk),
+        ident=ident or str(run.pk),
         playbook=playbooks.pop(),
         hosts=tuple(hosts),
         private_key=credential_reveal(credential=slm_identity().credential),
         ansible_dir=services.ansible_dir(),
-        timeout_seconds=run.timeout_seconds,
-        extra_vars=dict(deployment.extra_vars),
+        timeout_seconds=timeout_seconds or run.timeout_seconds,
+        extra_vars={name: value for name, value in deployment.extra_vars.items() if name in allowed},
         secret_extra_vars=secret_extra_vars,
+    )
+
+
+def _target_host(node: Any, **fields: Any) -> ansible.TargetHost:
+    if not node.host_key:
+        raise RunSetupFailed(f"{node.name} has no pinned host key")
+    return ansible.TargetHost(
+        name=node.name,
+        address=node.address,
+        port=node.ssh_port,
+        user=node.ssh_user,
+        host_key=f"{node.host_key_type} {node.host_key}",
+        **fields,
+    )
+
+
+def health_probes(roles: list[str]) -> list[dict[str, Any]]:
+    """The registry's probes of ``roles`` that health.yml checks on a node (``tcp`` and ``http``; an
+    agent's ``heartbeat`` is checked by its own role, which fails when the agent does not stay up)."""
+    probes = []
+    for name in roles:
+        probe = ROLES[name].health_probe
+        if probe.get("type") in ("tcp", "http"):
+            probes.append({"role": name, **probe})
+    return probes
+
+
+def health_check_run_for(
+    run: DeploymentRun, *, roles: list[str], node_ids: list[Any], ident: str
+) -> ansible.PlaybookRun | None:
+    """health.yml on ``node_ids`` with the probes of ``roles``; ``None`` when they have none."""
+    probes = health_probes(roles)
+    if not probes:
+        return None
+    nodes = run.deployment.nodes.filter(pk__in=node_ids).order_by("name")
+    return ansible.PlaybookRun(
+        ident=ident,
+        playbook=HEALTH_PLAYBOOK,
+        hosts=tuple(_target_host(node, groups=(), variables={"slm_health_probes": probes}) for node in nodes),
+        private_key=credential_reveal(credential=slm_identity().credential),
+        ansible_dir=services.ansible_dir(),
+        timeout_seconds=HEALTH_PROBE_TIMEOUT_SECONDS * (len(probes) + 1) + 60,
+        extra_vars={"slm_health_timeout": HEALTH_PROBE_TIMEOUT_SECONDS},
     )
 
 
@@ -115,23 +174,39 @@ def playbook_run_for(run: DeploymentRun) -> ansible.PlaybookRun:
 
 class RunWatch:
     """The executor's side of a running playbook: stores event batches, renews the lease, polls for a
-    cancel request. Called from ansible-runner's loop; an error here stops the run instead of raising
-    through ansible-runner."""
+    cancel request, and notes ``ansible-playbook``'s process group on the run row. Called from
+    ansible-runner's loop; an error here stops the run instead of raising through ansible-runner.
 
-    def __init__(self, lease: services.Lease) -> None:
+    A run of several steps runs several playbooks; each one's events are numbered from 1 by Ansible, so
+    they are stored after the previous ones (``begin_playbook``): the run's counters stay 1, 2, 3 …
+    """
+
+    def __init__(self, lease: services.Lease, work_dir: Path | None = None) -> None:
         self.lease = lease
+        self.work_dir = work_dir
         self.emitted = 0
+        self.offset = 0
+        self.last_counter = 0
         self.stop_reason = ""
         self.lease_lost = False
         self.failure = ""
+        self.pgid_recorded = work_dir is None
         self.last_poll = self.last_renew = time.monotonic()
+
+    def begin_playbook(self) -> None:
+        self.offset = self.last_counter
+        self.pgid_recorded = self.work_dir is None
 
     def store(self, records: list[dict[str, Any]]) -> None:
         if self.lease_lost:
             return
+        if self.offset:
+            records = [record | {"counter": record["counter"] + self.offset} for record in records]
         self.emitted += len(records)
+        self.last_counter = max([self.last_counter, *(record["counter"] for record in records)])
         try:
             services.deployment_events_store(lease=self.lease, records=records, emitted=self.emitted)
+            actions.run_diffs_store(lease=self.lease, records=records)  # check-mode runs only
             self.last_renew = time.monotonic()
         except services.LeaseLost:
             self._lost()
@@ -147,6 +222,8 @@ class RunWatch:
             return False
         self.last_poll = now
         try:
+            if not self.pgid_recorded:
+                self._record_process_group()
             if now - self.last_renew >= LEASE_RENEW_AFTER_SECONDS:
                 services.deployment_run_renew(lease=self.lease)
                 self.last_renew = now
@@ -155,6 +232,16 @@ class RunWatch:
         except services.LeaseLost:
             self._lost()
         return bool(self.stop_reason or self.lease_lost)
+
+    def _record_process_group(self) -> None:
+        # ansible-runner starts ansible-playbook through pexpect on a new pty, in a session (and process
+        # group) of its own: the group leader is the one process of the run whose pid is its group id.
+        for pid in ansible.processes_using(self.work_dir):
+            with contextlib.suppress(OSError):
+                if os.getpgid(pid) == pid:
+                    services.deployment_run_process_group_record(lease=self.lease, pgid=pid)
+                    self.pgid_recorded = True
+                    return
 
     def _lost(self) -> None:
         if not self.lease_lost:
@@ -168,37 +255,152 @@ class RunWatch:
 # The whole run
 
 
+def run_work_dir(run_id: Any) -> Path:
+    """The directory of one run's files (the adapter's private data dirs go inside). Its name is short:
+    the SSH control sockets inside (``<private dir>/cp/<40 hex>.<16 random>``) must stay under 108 bytes,
+    which leaves about 40 for ``DEPLOYMENTS_WORK_DIR``."""
+    base = Path(settings.DEPLOYMENTS_WORK_DIR or tempfile.gettempdir())
+    return base / uuid.UUID(str(run_id)).hex[:WORK_DIR_NAME_LENGTH]
+
+
 def run_execute(*, run_id: Any, owner: str) -> str:
-    """Claim and execute one run; returns its final status (raises ``RunNotClaimable`` if not ours)."""
-    lease = services.deployment_run_claim(run_id=run_id, owner=owner)
+    """Claim and execute one run; returns its final status (raises ``RunNotClaimable`` if not ours, or
+    ``RunWaiting`` if it may not start yet)."""
+    host = socket.gethostname()
+    orphans_clear(host=host)
+    work_dir = run_work_dir(run_id)
+    lease = services.deployment_run_claim(
+        run_id=run_id, owner=owner, host=host, pid=os.getpid(), work_dir=str(work_dir)
+    )
     run = DeploymentRun.objects.select_related("deployment").get(pk=run_id)
+    work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        spec = playbook_run_for(run)
-    except RunSetupFailed as exc:
-        return services.deployment_run_finish(lease=lease, status=RunStatus.FAILED, reason=str(exc)).status
-    watch = RunWatch(lease)
-    work_dir = Path(settings.DEPLOYMENTS_WORK_DIR) if settings.DEPLOYMENTS_WORK_DIR else None
+        status = _run_steps(run, lease, work_dir)
+    finally:
+        ansible.remove_private_data_dir(work_dir)
+    if status == RunStatus.LOST:
+        # Reaped while this executor was only stalled: the adapter has stopped its Ansible and the files
+        # are gone, so the nodes are free now rather than at the reaper's next round.
+        services.deployment_run_orphans_cleared(run_id=run_id)
+    return status
+
+
+def _run_steps(run: DeploymentRun, lease: services.Lease, work_dir: Path) -> str:
+    """Each step of the run's plan in turn (one for ``all_at_once``); the first that fails ends the run."""
+    watch = RunWatch(lease, work_dir)
+    steps: list[dict[str, Any]] = [dict(step) for step in run.steps]
+    deadline = time.monotonic() + run.timeout_seconds
+    host_stats: dict[str, dict[str, int]] = {}
+    outcome: ansible.RunOutcome | None = None
+    for index, step in enumerate(steps):
+        label = _step_label(steps, index)
+        remaining = int(deadline - time.monotonic())
+        if remaining <= 0:
+            return _finish(lease, RunStatus.TIMED_OUT, f"{label}stopped after {run.timeout_seconds} s", watch)
+        try:
+            spec = playbook_run_for(
+                run,
+                roles=step["roles"],
+                node_ids=step["node_ids"],
+                timeout_seconds=remaining,
+                ident=f"{run.pk}-{index + 1}" if len(steps) > 1 else str(run.pk),
+            )
+            spec = actions.playbook_run_with_action(spec, deployment=run.deployment)
+        except RunSetupFailed as exc:
+            return _finish(lease, RunStatus.FAILED, f"{label}{exc}", watch)
+        try:
+            services.deployment_step_start(lease=lease, steps=steps, index=index)
+        except services.LeaseLost:
+            return RunStatus.LOST
+        outcome = _play(spec, watch, work_dir)
+        if outcome is None:
+            return (
+                RunStatus.LOST
+                if watch.lease_lost
+                else _finish(lease, RunStatus.FAILED, INTERNAL_ERROR, watch)
+            )
+        _add_stats(host_stats, outcome.host_stats)
+        if watch.lease_lost:
+            return RunStatus.LOST
+        if watch.failure:
+            status, reason = RunStatus.FAILED, watch.failure
+        else:
+            status = services.STATUS_OF_OUTCOME.get(outcome.status, RunStatus.FAILED)
+            reason = _reason(status, outcome, run)
+        failed_hosts = _failed_hosts(outcome)
+        if status == RunStatus.SUCCEEDED and step["health_check"]:
+            status, reason, failed_hosts = _health_check(run, step, index, watch, work_dir, deadline)
+            if watch.lease_lost:
+                return RunStatus.LOST
+        try:
+            services.deployment_step_finish(
+                lease=lease, steps=steps, index=index, status=status, reason=reason, failed_nodes=failed_hosts
+            )
+        except services.LeaseLost:
+            return RunStatus.LOST
+        if status != RunStatus.SUCCEEDED:
+            later = len(steps) - index - 1
+            untouched = f"; {later} later step{'s' if later > 1 else ''} not started" if later else ""
+            return _finish(
+                lease, status, f"{label}{reason}{untouched}", watch, rc=outcome.rc, host_stats=host_stats
+            )
+    return _finish(
+        lease, RunStatus.SUCCEEDED, "", watch, rc=outcome.rc if outcome else None, host_stats=host_stats
+    )
+
+
+def _play(spec: ansible.PlaybookRun, watch: RunWatch, work_dir: Path) -> ansible.RunOutcome | None:
+    """One playbook through the adapter; ``None`` when the adapter crashed (logged)."""
+    watch.begin_playbook()
     try:
-        outcome = ansible.run_playbook(
+        return ansible.run_playbook(
             spec, on_events=watch.store, should_cancel=watch.should_cancel, base_dir=work_dir
         )
     except Exception:
-        logger.exception("run %s crashed", run_id)
-        if watch.lease_lost:
-            return RunStatus.LOST
-        return _finish(
-            lease, RunStatus.FAILED, "internal error while running Ansible; see the SLM worker log"
+        logger.exception("run %s crashed", watch.lease.run_id)
+        return None
+
+
+def _health_check(
+    run: DeploymentRun, step: dict[str, Any], index: int, watch: RunWatch, work_dir: Path, deadline: float
+) -> tuple[str, str, list[str]]:
+    """health.yml after a batch: ``(status, reason, failed hosts)``."""
+    try:
+        spec = health_check_run_for(
+            run, roles=step["roles"], node_ids=step["node_ids"], ident=f"{run.pk}-{index + 1}-health"
         )
-    if watch.lease_lost:
-        return RunStatus.LOST
-    if watch.failure:
-        status, reason = RunStatus.FAILED, watch.failure
-    else:
-        status = services.STATUS_OF_OUTCOME.get(outcome.status, RunStatus.FAILED)
-        reason = _reason(status, outcome, run)
-    return _finish(
-        lease, status, reason, rc=outcome.rc, host_stats=outcome.host_stats, emitted=outcome.events_emitted
+    except RunSetupFailed as exc:
+        return RunStatus.FAILED, f"health check: {exc}", []
+    if spec is None:
+        return RunStatus.SUCCEEDED, "", []
+    outcome = _play(spec, watch, work_dir)
+    if outcome is None:
+        return RunStatus.FAILED, INTERNAL_ERROR, []
+    status = services.STATUS_OF_OUTCOME.get(outcome.status, RunStatus.FAILED)
+    if status == RunStatus.SUCCEEDED:
+        return status, "", []
+    if status != RunStatus.FAILED:
+        return status, _reason(status, outcome, run), []
+    failed = _failed_hosts(outcome)
+    where = f" on {', '.join(failed)}" if failed else f" (ansible-playbook exited with {outcome.rc})"
+    return RunStatus.FAILED, f"health check failed{where}", failed
+
+
+def _step_label(steps: list[dict[str, Any]], index: int) -> str:
+    return f"{steps[index]['name']}: " if len(steps) > 1 else ""
+
+
+def _failed_hosts(outcome: ansible.RunOutcome) -> list[str]:
+    return sorted(
+        host for host, stats in outcome.host_stats.items() if stats["failed"] or stats["unreachable"]
     )
+
+
+def _add_stats(total: dict[str, dict[str, int]], stats: dict[str, dict[str, int]]) -> None:
+    for host, counts in stats.items():
+        into = total.setdefault(host, dict.fromkeys(counts, 0))
+        for name, value in counts.items():
+            into[name] = into.get(name, 0) + value
 
 
 def _reason(status: str, outcome: ansible.RunOutcome, run: DeploymentRun) -> str:
@@ -207,17 +409,63 @@ def _reason(status: str, outcome: ansible.RunOutcome, run: DeploymentRun) -> str
         return f"canceled by {canceled.cancel_requested_by or 'an operator'}"
     if status == RunStatus.TIMED_OUT:
         return f"stopped after {run.timeout_seconds} s"
-    failed = sorted(
-        host for host, stats in outcome.host_stats.items() if stats["failed"] or stats["unreachable"]
-    )
+    failed = _failed_hosts(outcome)
     if status == RunStatus.FAILED:
         return f"failed on {', '.join(failed)}" if failed else f"ansible-playbook exited with {outcome.rc}"
     return ""
 
 
-def _finish(lease: services.Lease, status: str, reason: str, **fields: Any) -> str:
+def _finish(lease: services.Lease, status: str, reason: str, watch: RunWatch, **fields: Any) -> str:
     try:
-        return services.deployment_run_finish(lease=lease, status=status, reason=reason, **fields).status
+        return services.deployment_run_finish(
+            lease=lease, status=status, reason=reason, emitted=watch.emitted, **fields
+        ).status
     except services.LeaseLost:
         logger.warning("run %s: lease lost before the end was written", lease.run_id)
         return RunStatus.LOST
+
+
+# --------------------------------------------------------------------------------------------------
+# After a killed worker
+#
+# ansible-runner runs ansible-playbook on a pty in a session of its own, with SIGHUP ignored. When the
+# worker is killed (kill -9, OOM, a lost machine), nothing stops it: the orphaned ansible-playbook, its
+# forked workers and their SSH clients go on deploying, reparented to init, and the run's private data
+# dir (SSH key, inventory with secrets) stays on disk. The run row says where: ``executor_host``,
+# ``work_dir`` and ``ansible_pgid``. The reaper (beat) and every executor, on that host, kill those
+# processes and delete the directory, and only then free the run's nodes, so the next attempt never
+# overlaps the orphan. A host that does not do so within ORPHAN_CLEANUP_GRACE_SECONDS is taken to be
+# gone (its processes with it) and the nodes are freed anyway (``services.deployment_node_locks_expire``).
+
+
+def orphans_clear(*, host: str) -> int:
+    """Kill what lost runs of this host left running and delete their files; how many runs were cleared."""
+    cleared = 0
+    for run in selectors.runs_with_orphans(host=host):
+        directory = Path(run.work_dir)
+        if run.ansible_pgid and _leads_run(run.ansible_pgid, directory):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(run.ansible_pgid, signal.SIGKILL)
+        # Whatever left the group (the SSH control master daemonizes) still names the directory.
+        ansible.kill_leftover_processes(directory)
+        ansible.remove_private_data_dir(directory)
+        logger.warning("deployment run %s: killed its orphaned processes, removed %s", run.pk, directory)
+        services.deployment_run_orphans_cleared(run_id=run.pk)
+        cleared += 1
+    return cleared
+
+
+def _leads_run(pid: int, directory: Path) -> bool:
+    """Whether ``pid`` is still the run's process (not a recycled pid): its command line names the dir."""
+    try:
+        return str(directory).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def runs_reap() -> dict[str, int]:
+    """The reaper's round: lost runs ended and retried, this host's orphans cleared, stale locks freed."""
+    reaped = services.deployment_runs_reap()
+    cleared = orphans_clear(host=socket.gethostname())
+    freed = services.deployment_node_locks_expire()
+    return {"lost": len(reaped), "orphans_cleared": cleared, "locks_freed": freed}

@@ -60,6 +60,11 @@ class EventKind(models.TextChoices):
     AGENT_TOKEN_ISSUED = "agent_token.issued"  # noqa: S105 - an event name
     HEARTBEAT_RESUMED = "heartbeat.resumed"
     SERVICE_CHANGED = "service.changed"
+    # The reconciler and the remediator (deployments/reconcile.py, deployments/remediation.py).
+    ROLE_DRIFT = "role.drift"
+    ROLE_DRIFT_RESOLVED = "role.drift_resolved"
+    SERVICE_RESTART_REQUESTED = "service.restart_requested"
+    REMEDIATION_EXHAUSTED = "remediation.exhausted"
 
 
 class Trigger(models.TextChoices):

@@ -11,6 +11,8 @@ through here and nowhere else (import-linter enforces it).
   An SLM that answers but refuses (token rejected, scope missing, contract mismatch) raises
   ``SlmRequestFailed``: that is a configuration error, not an outage, and stale data would hide it.
 - ``slm_status()`` is for ``/readyz``: asked now, one fast attempt, never raises.
+- ``request_deployment(...)`` asks the SLM for an infrastructure action (scope ``deployments:write``):
+  never cached, never answered from a stale value; the business layer requests, the SLM deploys.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -39,6 +41,7 @@ from shared_contracts.errors import (
     SlmUnavailable,
 )
 from shared_contracts.schemas.common import MetaInfo
+from shared_contracts.schemas.deployments import DeploymentDetail
 from shared_contracts.schemas.fleet import FleetSummary, ServiceEndpoint
 
 logger = logging.getLogger(__name__)
@@ -97,6 +100,20 @@ class SlmNeverAnswered(SlmGatewayError):
 
 class SlmRequestFailed(SlmGatewayError):
     """The SLM answered but refused or gave an unusable answer (token, scope, contract)."""
+
+
+class SlmDeploymentRefused(SlmRequestFailed):
+    """The SLM refused a deployment request. ``code``: ``permission_denied`` (the token lacks
+    ``deployments:write``), ``validation_error`` (``fields`` names what: an unknown role or node, a
+    variable outside the roles' allowlist), ``conflict`` (a node that takes no deployment) …"""
+
+    def __init__(self, message: str, *, code: str, fields: Mapping[str, list[str]] | None = None) -> None:
+        super().__init__(message, code=code)
+        self.fields = dict(fields or {})
+
+
+class SlmDown(SlmGatewayError):
+    """The SLM did not answer a request that no cached answer can stand in for (an action)."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -243,6 +260,41 @@ def _cached_value(key: str, load: Callable[[Any], T]) -> tuple[T, float] | None:
 
 def _as_datetime(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, tz=UTC)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Infrastructure actions
+
+
+def request_deployment(
+    *,
+    nodes: Iterable[str],
+    roles: Iterable[str],
+    idempotency_key: str,
+    strategy: str = "all_at_once",
+    strategy_options: Mapping[str, Any] | None = None,
+    extra_vars: Mapping[str, Any] | None = None,
+) -> DeploymentDetail:
+    """Ask the SLM to deploy ``roles`` onto ``nodes`` (node ids); the queued deployment comes back.
+
+    ``idempotency_key`` names the request (say, the workflow step that asks): sending it again returns
+    the same deployment, so a retried job never deploys twice. Raises ``SlmDeploymentRefused`` when the
+    SLM says no (with its code and field errors) and ``SlmDown`` when it cannot be reached.
+    """
+    try:
+        return get_client().create_deployment(
+            nodes=list(nodes),
+            roles=list(roles),
+            strategy=strategy,
+            strategy_options=strategy_options,
+            extra_vars=extra_vars,
+            idempotency_key=idempotency_key,
+        )
+    except (SlmUnavailable, ServerError) as exc:
+        logger.warning("SLM deployment request %s: %s", idempotency_key, exc.code)
+        raise SlmDown(f"the SLM did not take the deployment request: {exc.code}", code=exc.code) from exc
+    except ContractError as exc:
+        raise SlmDeploymentRefused(exc.message, code=exc.code, fields=exc.fields) from exc
 
 
 # ----------------------------------------------------------------------------------------------------

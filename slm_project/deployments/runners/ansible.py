@@ -23,6 +23,7 @@ stores the events and decides what a cancel means.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import logging
 import os
@@ -93,6 +94,13 @@ class PlaybookRun:
     timeout_seconds: int
     extra_vars: dict[str, Any] = field(default_factory=dict)
     secret_extra_vars: dict[str, str] = field(default_factory=dict, repr=False)
+    # Check mode (``--check``): report what would change, change nothing. ``diff`` (``--diff``): each
+    # event record then carries the task's diff as text (``event_record``).
+    check: bool = False
+    diff: bool = False
+
+    def cmdline(self) -> str:
+        return " ".join(option for option, on in (("--check", self.check), ("--diff", self.diff)) if on)
 
     def secrets(self) -> list[str]:
         values = [*self.secret_extra_vars.values()]
@@ -247,15 +255,59 @@ def compact_result(result: Any) -> dict[str, Any]:
     return compact
 
 
+# A task's diff is kept up to this size (a diff of a big file says no more past it).
+DIFF_MAX_CHARS = 20_000
+# What the diff of a ``no_log`` task that changed something becomes: Ansible hides its result, diff included.
+HIDDEN_DIFF = "(hidden: the task's output is secret)"
+
+
+def _diff_header(header: Any, default: str) -> str:
+    # A template's "after" is a copy in the run's private dir: its path says nothing once the run is over.
+    if not header:
+        return default
+    return f"{default} (generated)" if PRIVATE_DIR_PREFIX in str(header) else str(header)
+
+
+def _diff_side(value: Any) -> str:
+    # A file's content, or the state of a path (the file module): one "key: value" line each.
+    if isinstance(value, dict):
+        return "".join(f"{key}: {value[key]}\n" for key in sorted(value))
+    return "" if value is None else str(value)
+
+
+def diff_text(diffs: Any) -> str | None:
+    """The diff a task reported (``--diff``: Ansible's ``runner_on_file_diff`` event) as unified diff
+    text; ``None`` when it shows no change."""
+    parts = []
+    for item in diffs if isinstance(diffs, list) else [diffs]:
+        if not isinstance(item, dict):
+            continue
+        if item.get("prepared"):
+            parts.append(str(item["prepared"]))
+        if "before" in item or "after" in item:
+            parts.extend(
+                difflib.unified_diff(
+                    _diff_side(item.get("before")).splitlines(keepends=True),
+                    _diff_side(item.get("after")).splitlines(keepends=True),
+                    fromfile=_diff_header(item.get("before_header"), "before"),
+                    tofile=_diff_header(item.get("after_header"), "after"),
+                )
+            )
+    text = "".join(part if part.endswith("\n") else part + "\n" for part in parts if part)
+    return text[:DIFF_MAX_CHARS] if text else None
+
+
 def event_record(event: dict[str, Any]) -> dict[str, Any]:
-    """The fields the SLM keeps of one ansible-runner event."""
+    """The fields the SLM keeps of one ansible-runner event, with ``diff`` and ``role`` added when the
+    event shows a task that changes (in check mode: would change) a file, or a ``no_log`` task that
+    changed (its diff hidden). The caller keeps these only for runs with ``--diff``."""
     data = event.get("event_data") or {}
     name = event.get("event", "")
     result = data.get("res")
     failed = name in ("runner_on_failed", "runner_on_unreachable", "runner_item_on_failed") and not data.get(
         "ignore_errors"
     )
-    return {
+    record = {
         "counter": int(event["counter"]),
         "uuid": event["uuid"],
         "parent_uuid": event.get("parent_uuid") or data.get("parent_uuid") or None,
@@ -270,6 +322,17 @@ def event_record(event: dict[str, Any]) -> dict[str, Any]:
         "result": compact_result(result),
         "created": event.get("created"),
     }
+    diff = None
+    if name == "runner_on_file_diff" and data.get("diff") is not None:
+        diff = diff_text(data["diff"])
+    elif name == "runner_on_ok" and isinstance(result, dict) and "censored" in result:
+        # A ``no_log`` task: Ansible hides its diff and ansible-runner its result, "changed" included;
+        # only the line Ansible printed for it says whether it changed (would change) something.
+        diff = HIDDEN_DIFF if (event.get("stdout") or "").lstrip().startswith("changed:") else None
+    if diff is not None:
+        record["diff"] = diff
+        record["role"] = str(data.get("role") or "")[:100]
+    return record
 
 
 def host_stats_of(event_data: dict[str, Any]) -> dict[str, dict[str, int]]:
@@ -295,9 +358,12 @@ def host_stats_of(event_data: dict[str, Any]) -> dict[str, dict[str, int]]:
 class EventPump:
     """Receives ansible-runner's events (in its thread), redacts them and hands them on in batches."""
 
-    def __init__(self, sink: Callable[[list[dict[str, Any]]], None], redact: Redactor) -> None:
+    def __init__(
+        self, sink: Callable[[list[dict[str, Any]]], None], redact: Redactor, *, diffs: bool = False
+    ) -> None:
         self.sink = sink
         self.redact = redact
+        self.diffs = diffs  # keep each task's diff (a ``--diff`` run); dropped otherwise
         self.buffer: list[dict[str, Any]] = []
         self.first_buffered_at = 0.0
         self.emitted = 0
@@ -307,7 +373,11 @@ class EventPump:
         if "counter" not in event or "uuid" not in event:
             return False
         self.emitted += 1
-        record = self.redact(event_record(event))
+        record = event_record(event)
+        if not self.diffs:
+            record.pop("diff", None)
+            record.pop("role", None)
+        record = self.redact(record)
         if record["event"] == "playbook_on_stats":
             self.host_stats = host_stats_of(event.get("event_data") or {})
         if not self.buffer:
@@ -337,7 +407,7 @@ def run_playbook(
 ) -> RunOutcome:
     """Run ``run`` to its end (or its cancel, or its timeout); every temp file is gone on return."""
     playbook = playbook_path(run)
-    pump = EventPump(on_events, Redactor(run.secrets()))
+    pump = EventPump(on_events, Redactor(run.secrets()), diffs=run.diff)
 
     def cancel_callback() -> bool:
         pump.flush_if_due()
@@ -355,6 +425,7 @@ def run_playbook(
                 event_handler=pump,
                 cancel_callback=cancel_callback,
                 timeout=run.timeout_seconds,
+                cmdline=run.cmdline() or None,
                 quiet=True,
                 settings={"pexpect_timeout": RUNNER_POLL_SECONDS, "suppress_ansible_output": True},
             )

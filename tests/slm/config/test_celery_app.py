@@ -28,7 +28,15 @@ def test_the_app_speaks_json_only_and_schedules_from_the_database():
 
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_runs_a_task_and_the_result_is_stored():
-    with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+    with start_worker(
+        celery_app,
+        pool="solo",
+        perform_ping_check=False,
+        shutdown_timeout=10,
+        # Named: a worker started with ``queues=`` changes the app's queue selection for the rest of the
+        # process, so a worker without them would consume whatever an earlier test chose.
+        queues=["default"],
+    ):
         result = multiply.delay(6, 7)
         assert result.get(timeout=20) == 42
     stored = TaskResult.objects.get(task_id=result.id)

@@ -273,7 +273,15 @@ def test_the_api_enrolls_through_a_real_worker(host, client):
 
     node = capture_and_accept(node_for(host))
     _, token = api_client_create(name="ops-bot", scopes=["nodes:write", "nodes:read"])
-    with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+    with start_worker(
+        celery_app,
+        pool="solo",
+        perform_ping_check=False,
+        shutdown_timeout=10,
+        # Named: a worker started with ``queues=`` changes the app's queue selection for the rest of the
+        # process, so a worker without them would consume whatever an earlier test chose.
+        queues=["default"],
+    ):
         response = client.post(
             f"/api/v1/nodes/{node.pk}/enroll",
             json.dumps({}),

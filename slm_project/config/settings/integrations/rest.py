@@ -14,6 +14,7 @@ globals().update(
             "ServiceStateEnum": "slm_project.fleet.choices.ServiceState",
             "SeverityEnum": "slm_project.fleet.choices.Severity",
             "NodeRoleStatusEnum": "slm_project.fleet.choices.NodeRoleStatus",
+            "RunStatusEnum": "slm_project.deployments.choices.RunStatus",
         },
     )
 )
