@@ -11,14 +11,7 @@ from rest_framework import authentication, exceptions, permissions
 from business_project.accounts.constants import API_TOKEN_PREFIX
 from business_project.accounts.selectors import scopes_of
 from business_project.accounts.services import TokenRejected, api_token_authenticate
-
-
-def bearer_token(request) -> str | None:
-    header = authentication.get_authorization_header(request).decode("latin-1")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
+from service_kit.auth import bearer_token
 
 
 class ApiTokenAuthentication(authentication.BaseAuthentication):

@@ -12,6 +12,7 @@ from datetime import timedelta
 from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions
 
+from service_kit.auth import bearer_token
 from slm_project.access.models import ApiClient
 from slm_project.access.services import TOKEN_PREFIX
 from slm_project.access.tokens import token_matches
@@ -33,14 +34,6 @@ class ApiClientPrincipal:
 
     def __str__(self) -> str:
         return f"api-client:{self.name}"
-
-
-def bearer_token(request) -> str | None:
-    header = authentication.get_authorization_header(request).decode("latin-1")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
 
 
 class ApiClientAuthentication(authentication.BaseAuthentication):
