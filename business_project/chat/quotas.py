@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Count, F, Min, Sum
+from django.db.models import Count, F, Min, Q, Sum
 from rest_framework import status
 
 from business_project.chat.models import UsageRecord, UserQuota
@@ -49,10 +49,13 @@ class QuotaExceeded(ServiceError):
         self.wait = max(1, math.ceil((reset_at - datetime.now(UTC)).total_seconds()))
 
 
-def quota_limits_of(*, user) -> QuotaLimits:
+def quota_limits_of(*, user, own: UserQuota | bool | None = False) -> QuotaLimits:
+    """The user's limits. ``own``: their ``UserQuota`` when the caller has read it already (``None``:
+    they have none); by default it is read here."""
     role_limits = settings.CHAT_QUOTAS.get(user.effective_role, {})
     limits = QuotaLimits(role_limits.get("requests_per_minute"), role_limits.get("tokens_per_day"))
-    own = UserQuota.objects.filter(user=user).first()
+    if own is False:
+        own = UserQuota.objects.filter(user=user).first()
     if own is not None:
         limits = QuotaLimits(
             own.requests_per_minute if own.requests_per_minute is not None else limits.requests_per_minute,
@@ -65,28 +68,31 @@ def _day_start(now: datetime) -> datetime:
     return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def quota_status(*, user, now: datetime | None = None) -> QuotaStatus:
+def quota_status(*, user, now: datetime | None = None, own: UserQuota | bool | None = False) -> QuotaStatus:
+    """The user's usage against their limits, counted in one query over the ledger (the rows since the
+    earlier of a minute ago and midnight UTC). ``own`` as for ``quota_limits_of``."""
     now = now or datetime.now(UTC)
-    recent = UsageRecord.objects.filter(user=user, created_at__gt=now - WINDOW).aggregate(
-        count=Count("id"), oldest=Min("created_at")
+    minute_ago, day_start = now - WINDOW, _day_start(now)
+    last_minute = Q(created_at__gt=minute_ago)
+    usage = UsageRecord.objects.filter(user=user, created_at__gte=min(minute_ago, day_start)).aggregate(
+        count=Count("id", filter=last_minute),
+        oldest=Min("created_at", filter=last_minute),
+        tokens=Sum(F("prompt_tokens") + F("completion_tokens"), filter=Q(created_at__gte=day_start)),
     )
-    tokens = UsageRecord.objects.filter(user=user, created_at__gte=_day_start(now)).aggregate(
-        total=Sum(F("prompt_tokens") + F("completion_tokens"))
-    )["total"]
-    oldest = recent["oldest"]
+    oldest = usage["oldest"]
     return QuotaStatus(
-        limits=quota_limits_of(user=user),
-        requests_last_minute=recent["count"] or 0,
-        tokens_today=tokens or 0,
+        limits=quota_limits_of(user=user, own=own),
+        requests_last_minute=usage["count"] or 0,
+        tokens_today=usage["tokens"] or 0,
         requests_reset_at=oldest + WINDOW if oldest else None,
-        tokens_reset_at=_day_start(now) + timedelta(days=1),
+        tokens_reset_at=day_start + timedelta(days=1),
     )
 
 
-def quota_admit(*, user, now: datetime | None = None) -> None:
+def quota_admit(*, user, now: datetime | None = None, own: UserQuota | bool | None = False) -> None:
     """Raise ``QuotaExceeded`` (with the time the limit resets) when one more call is over a limit."""
     now = now or datetime.now(UTC)
-    state = quota_status(user=user, now=now)
+    state = quota_status(user=user, now=now, own=own)
     rpm, per_day = state.limits.requests_per_minute, state.limits.tokens_per_day
     if per_day is not None and state.tokens_today >= per_day:
         reset = state.tokens_reset_at

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -181,6 +182,7 @@ async def _run(generation: _Generation) -> None:
     finally:
         listener.cancel()
         _running.pop(plan.message_id, None)
+        event_buffer().forget(plan.message_id)
 
 
 async def _generate(generation: _Generation, progress: _Progress, started: float):
@@ -232,7 +234,10 @@ async def _consume(
                 data = events.encode(
                     events.delta(message_id=plan.message_id, seq=progress.seq, text=event.text)
                 )
-                await buffer.publish(plan.message_id, BufferedEvent(progress.seq, EventType.DELTA, data))
+                # Not waiting for Redis: the next token is read while the buffer's flusher writes.
+                await buffer.publish(
+                    plan.message_id, BufferedEvent(progress.seq, EventType.DELTA, data), wait=False
+                )
                 now = time.monotonic()
                 if now - last_checkpoint >= interval and (checkpoint is None or checkpoint.done()):
                     last_checkpoint = now
@@ -276,7 +281,7 @@ async def _consume(
     return _result(plan, progress, started, status="error", code=error[0], stream=stream), error
 
 
-@database_sync_to_async
+@functools.partial(database_sync_to_async, thread_sensitive=False)  # see consumers.db
 def _checkpoint_write(message_id: str, content: str, last_seq: int) -> None:
     services.message_checkpoint(message_id=message_id, content=content, last_seq=last_seq)
 
@@ -344,7 +349,7 @@ def _result(
     )
 
 
-@database_sync_to_async
+@functools.partial(database_sync_to_async, thread_sensitive=False)
 def _finish_write(plan: GenerationPlan, result: GenerationResult) -> bool:
     return services.generation_finish(message_id=plan.message_id, usage_id=plan.usage_id, result=result)
 

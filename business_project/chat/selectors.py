@@ -44,7 +44,12 @@ def llm_context(*, conversation: Conversation, up_to_position: int) -> list[dict
         .order_by("-position")
         .values_list("role", "content")[: settings.CHAT_CONTEXT_MAX_MESSAGES]
     )
-    messages = [{"role": role, "content": content} for role, content in reversed(rows)]
+    return llm_context_of(reversed(rows))
+
+
+def llm_context_of(transcript) -> list[dict[str, str]]:
+    """The messages a model gets for ``transcript`` ((role, content) pairs, oldest first)."""
+    messages = [{"role": role, "content": content} for role, content in transcript]
     if settings.CHAT_SYSTEM_PROMPT:
         messages.insert(0, {"role": MessageRole.SYSTEM.value, "content": settings.CHAT_SYSTEM_PROMPT})
     return messages

@@ -14,13 +14,13 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Exists, Max, OuterRef, Subquery
 from django.utils import timezone
 from rest_framework import status
 
 from business_project.chat import selectors
 from business_project.chat.choices import MessageRole, MessageStatus, StopReason, UsageOutcome
-from business_project.chat.models import Conversation, Message, UsageRecord
+from business_project.chat.models import Conversation, Message, UsageRecord, UserQuota
 from business_project.chat.quotas import quota_admit
 from service_kit.errors import Conflict, ServiceError
 
@@ -119,14 +119,34 @@ def _next_position(conversation: Conversation) -> int:
 
 
 def _start_answer(
-    *, user, conversation: Conversation, parent: Message, position: int
+    *, user, conversation: Conversation, parent: Message, position: int, new_conversation: bool = False
 ) -> tuple[Message, UsageRecord]:
-    if Message.objects.filter(conversation=conversation, status=MessageStatus.STREAMING).exists():
+    # A new conversation has no answer streaming; for another, the caller holds its row lock.
+    if (
+        not new_conversation
+        and Message.objects.filter(conversation=conversation, status=MessageStatus.STREAMING).exists()
+    ):
         raise ConversationBusy()
     # One admission at a time per user (the row lock), so that two sends at once cannot both slip under
-    # the quota.
-    list(get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True))
-    quota_admit(user=user)
+    # the quota. The same statement reads the user's own limits, if they have any.
+    own = UserQuota.objects.filter(user=OuterRef("pk"))
+    locked = (
+        get_user_model()
+        .objects.select_for_update()
+        .filter(pk=user.pk)
+        .annotate(
+            has_own=Exists(own),
+            own_rpm=Subquery(own.values("requests_per_minute")),
+            own_tpd=Subquery(own.values("tokens_per_day")),
+        )
+        .values_list("has_own", "own_rpm", "own_tpd")
+        .get()
+    )
+    has_own, rpm, per_day = locked
+    quota_admit(
+        user=user,
+        own=UserQuota(user_id=user.pk, requests_per_minute=rpm, tokens_per_day=per_day) if has_own else None,
+    )
     try:
         with transaction.atomic():
             answer = Message.objects.create(
@@ -150,14 +170,18 @@ def _start_answer(
     return answer, usage
 
 
-def _plan(*, user, conversation, answer, usage, parent, regenerates=None, client_ref=None) -> GenerationPlan:
+def _plan(
+    *, user, conversation, answer, usage, parent, regenerates=None, client_ref=None, context=None
+) -> GenerationPlan:
     return GenerationPlan(
         message_id=str(answer.pk),
         conversation_id=str(conversation.pk),
         user_id=str(user.pk),
         usage_id=usage.pk,
         parent_id=str(parent.pk),
-        llm_messages=selectors.llm_context(conversation=conversation, up_to_position=parent.position),
+        llm_messages=context
+        if context is not None
+        else selectors.llm_context(conversation=conversation, up_to_position=parent.position),
         provider_id=conversation.provider or None,
         model=conversation.model or None,
         regenerates_id=str(regenerates.pk) if regenerates else None,
@@ -178,7 +202,8 @@ def message_send(
     """Store the user's message and an empty assistant answer (``streaming``) and admit one LLM call to
     the ledger. Every check comes first; on any refusal nothing is written."""
     content = message_content_clean(content)
-    if conversation_id is None:
+    new_conversation = conversation_id is None
+    if new_conversation:
         conversation = Conversation(owner=user, title=title_from(content))
     else:
         conversation = Conversation.objects.select_for_update().filter(owner=user, pk=conversation_id).first()
@@ -191,14 +216,22 @@ def message_send(
     if model is not None:
         conversation.model = model
     conversation.save()
-    position = _next_position(conversation)
-    if Message.objects.filter(conversation=conversation, status=MessageStatus.STREAMING).exists():
+    # A new conversation starts empty: its position and its context need no query.
+    position = 0 if new_conversation else _next_position(conversation)
+    if (
+        not new_conversation
+        and Message.objects.filter(conversation=conversation, status=MessageStatus.STREAMING).exists()
+    ):
         raise ConversationBusy()
     question = Message.objects.create(
         conversation=conversation, position=position, role=MessageRole.USER, content=content
     )
     answer, usage = _start_answer(
-        user=user, conversation=conversation, parent=question, position=position + 1
+        user=user,
+        conversation=conversation,
+        parent=question,
+        position=position + 1,
+        new_conversation=new_conversation,
     )
     return _plan(
         user=user,
@@ -207,6 +240,7 @@ def message_send(
         usage=usage,
         parent=question,
         client_ref=client_ref,
+        context=selectors.llm_context_of([(MessageRole.USER, content)]) if new_conversation else None,
     )
 
 

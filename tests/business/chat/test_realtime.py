@@ -150,6 +150,49 @@ def test_the_redis_buffer_is_shared_by_processes(redis_url):
     assert everything == list(range(1, 10))
 
 
+def test_queued_deltas_are_written_in_one_pipeline_and_a_failed_write_surfaces(redis_url):
+    async def scenario():
+        buffer = RedisEventBuffer(redis_url, prefix=f"test-{uuid.uuid4().hex}", ttl=60)
+        message_id, other_id = str(uuid.uuid4()), str(uuid.uuid4())
+        pipelines = []
+        real_pipeline = buffer.redis.pipeline
+
+        def counting_pipeline(*args, **kwargs):
+            pipelines.append(1)
+            return real_pipeline(*args, **kwargs)
+
+        buffer.redis.pipeline = counting_pipeline
+        try:
+            await buffer.publish(message_id, buffered(1, "message_start"))
+            reader = buffer.read(message_id, 0)
+            assert (await anext(reader)).seq == 1
+            pipelines.clear()
+            # Deltas published without waiting are queued and go out together.
+            for seq in range(2, 12):
+                await buffer.publish(message_id, buffered(seq), wait=False)
+            await buffer.publish(message_id, buffered(12, "message_end"))
+            assert len(pipelines) <= 2, pipelines
+            seen = [event.seq async for event in reader]
+            in_redis = [int(i.split(b"-")[0]) for i, _ in await buffer.redis.xrange(buffer.key(message_id))]
+            # A write Redis refuses (an id below the last) fails that message only, at its next publish.
+            await buffer.publish(other_id, buffered(1, "message_start"))
+            await buffer.publish(other_id, buffered(3), wait=False)
+            await buffer.publish(other_id, buffered(2), wait=False)  # refused: 2-0 is below 3-0
+            await buffer.publish(message_id + "x", buffered(1, "message_start"))  # flushes the queue
+            with pytest.raises(Exception, match="equal or smaller"):
+                await buffer.publish(other_id, buffered(4), wait=False)
+            with pytest.raises(Exception, match="equal or smaller"):
+                await buffer.publish(other_id, buffered(5, "message_end"))
+            await buffer.publish(other_id, buffered(6, "message_end"))  # the failure is cleared at the end
+            return seen, in_redis
+        finally:
+            await buffer.close()
+
+    seen, in_redis = asyncio.run(scenario())
+    assert seen == list(range(2, 13))
+    assert in_redis == list(range(1, 13))
+
+
 def test_the_redis_buffer_expires(redis_url):
     async def scenario():
         buffer = RedisEventBuffer(redis_url, prefix=f"test-{uuid.uuid4().hex}", ttl=1)
