@@ -9,7 +9,7 @@ The answer is written to the database once at the end (``services.generation_fin
 checkpoint at most every ``CHAT_CHECKPOINT_INTERVAL`` seconds while it streams — never per token.
 
 Stopping: ``generation_stop`` sets the stop flag of a generation running in this process, or broadcasts
-on the channel layer group ``chat-stop.<message id>`` to the process that runs it. The generation then
+the stop on the channel layer group ``chat-stop``, which every process's stop listener reads. The generation then
 closes the upstream request at once (``stream.aclose()``) and stores the partial answer.
 """
 
@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -46,8 +47,16 @@ STOP_GRACE_SECONDS = 5.0
 __all__ = ["BufferExpired", "events_read", "generation_start", "generation_stop"]
 
 
-def stop_group(message_id: str) -> str:
-    return f"chat-stop.{message_id}"
+# Every process listens on one channel-layer group for stops of generations it runs (``_stop_listener``):
+# a stop is rare and a broadcast costs nothing per message, where a group per message cost every answer
+# a group_add, a receive and a group_discard on Redis. channels-redis drops group members after a day
+# (``group_expiry``): the listener joins again well before.
+STOP_GROUP = "chat-stop"
+STOP_GROUP_REJOIN_SECONDS = 3600.0
+
+
+def stop_message(message_id: str) -> dict[str, str]:
+    return {"type": STOP_MESSAGE_TYPE, "message_id": str(message_id)}
 
 
 @dataclass
@@ -80,14 +89,17 @@ async def generation_start(plan: GenerationPlan) -> None:
         provider_id=plan.provider_id,
         model=plan.model,
     )
+    # Known here before a client can see message_start (and ask to stop it).
+    generation = _Generation(plan=plan, loop=asyncio.get_running_loop())
+    _running[plan.message_id] = generation
+    _ensure_stop_listener()
     try:
         await buffer.publish(plan.message_id, BufferedEvent(1, EventType.MESSAGE_START, events.encode(start)))
     except Exception:
+        _running.pop(plan.message_id, None)
         logger.exception("chat: cannot publish to the event buffer; message %s fails", plan.message_id)
         await _finish_unstarted(plan, code="event_buffer_unavailable")
         raise
-    generation = _Generation(plan=plan, loop=asyncio.get_running_loop())
-    _running[plan.message_id] = generation
     # A fresh context: the task must not inherit the caller's (a REST request's sync thread, which ends
     # with the request, would otherwise run the generation's database calls).
     generation.task = generation.loop.create_task(
@@ -107,7 +119,7 @@ async def generation_stop(message_id: str) -> None:
         return
     layer = get_channel_layer()
     if layer is not None:
-        await layer.group_send(stop_group(str(message_id)), {"type": STOP_MESSAGE_TYPE})
+        await layer.group_send(STOP_GROUP, stop_message(message_id))
 
 
 def events_read(message_id: str, after_seq: int = 0) -> AsyncIterator[BufferedEvent]:
@@ -138,30 +150,54 @@ class _Progress:
         return "".join(self.parts)
 
 
-async def _listen_for_stop(generation: _Generation) -> None:
-    """Set the stop flag when another process broadcasts a stop for this message."""
+# The stop listener of each event loop (weakly: a loop that is gone takes its listener with it).
+_listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task] = weakref.WeakKeyDictionary()
+
+
+def _ensure_stop_listener() -> None:
+    loop = asyncio.get_running_loop()
+    listener = _listeners.get(loop)
+    if listener is None or listener.done():
+        _listeners[loop] = loop.create_task(
+            _listen_for_stops(), name="chat-stop-listener", context=contextvars.Context()
+        )
+
+
+async def _listen_for_stops() -> None:
+    """Set the stop flag of a generation of this process when any process broadcasts its stop."""
     layer = get_channel_layer()
     if layer is None:
         return
-    group = stop_group(generation.plan.message_id)
     channel = await layer.new_channel()
-    await layer.group_add(group, channel)
+    joined: float | None = None
     try:
         while True:
-            message = await layer.receive(channel)
-            if message.get("type") == STOP_MESSAGE_TYPE:
+            if joined is None or time.monotonic() - joined > STOP_GROUP_REJOIN_SECONDS:
+                await layer.group_add(STOP_GROUP, channel)
+                joined = time.monotonic()
+            try:
+                message = await asyncio.wait_for(layer.receive(channel), STOP_GROUP_REJOIN_SECONDS)
+            except TimeoutError:
+                continue
+            if message.get("type") != STOP_MESSAGE_TYPE:
+                continue
+            generation = _running.get(str(message.get("message_id")))
+            if generation is not None:
                 generation.stop.set()
-                return
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        # Redis went away: the next generation starts a new listener.
+        logger.warning("chat: the stop listener stopped", exc_info=True)
     finally:
         with contextlib.suppress(Exception):
-            await asyncio.shield(layer.group_discard(group, channel))
+            await asyncio.shield(layer.group_discard(STOP_GROUP, channel))
 
 
 async def _run(generation: _Generation) -> None:
     plan = generation.plan
     started = time.monotonic()
     progress = _Progress()
-    listener = asyncio.ensure_future(_listen_for_stop(generation))
     try:
         result, error = await _generate(generation, progress, started)
         await _finish(plan, progress, result, error)
@@ -180,7 +216,6 @@ async def _run(generation: _Generation) -> None:
                 failed = _result(plan, progress, started, status="error", code=error[0])
                 await _finish(plan, progress, failed, error)
     finally:
-        listener.cancel()
         _running.pop(plan.message_id, None)
         event_buffer().forget(plan.message_id)
 

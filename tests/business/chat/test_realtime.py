@@ -254,7 +254,7 @@ def test_a_stop_reaches_the_process_that_generates(asgi_server, provider, alice,
         await chat.event()
         await asyncio.sleep(0.2)
         layer = get_channel_layer()
-        await layer.group_send(realtime.stop_group(start["message_id"]), {"type": realtime.STOP_MESSAGE_TYPE})
+        await layer.group_send(realtime.STOP_GROUP, realtime.stop_message(start["message_id"]))
         events = await chat.until_end(start["message_id"], timeout=5)
         await chat.close()
         return events
