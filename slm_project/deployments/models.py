@@ -181,13 +181,19 @@ class DeploymentEvent(models.Model):
 
 class DeploymentAction(models.Model):
     """What a deployment runs when it is not a plain deploy of its roles (a deployment without one
-    deploys): a service action through ``service.yml`` (the remediator's restarts), or a check-mode run
+    deploys): a service action through ``service.yml`` (the remediator's restarts), a check-mode run
     of its roles (``--check --diff``: nothing changes on the nodes; what would change is kept as
-    ``RunDiff`` rows)."""
+    ``RunDiff`` rows), or a step of the node lifecycle (``fleet/lifecycle.py``): ``enroll`` makes a
+    freshly enrolled node ready (``enroll.yml``: baseline and the node agent), ``decommission`` removes
+    every AutoBot service and file from the node and then the SLM's SSH key (``decommission.yml``), its
+    data directories too when ``purge_data`` is set. ``reason`` is the operator's reason for the
+    decommission, recorded on the node's transition when the run succeeds."""
 
     class Kind(models.TextChoices):
         SERVICE = "service"
         CHECK = "check"
+        ENROLL = "enroll"
+        DECOMMISSION = "decommission"
 
     class ServiceAction(models.TextChoices):
         START = "start"
@@ -195,12 +201,17 @@ class DeploymentAction(models.Model):
         RESTART = "restart"
         STATUS = "status"
 
+    # Kinds whose playbook installs nothing, so a run of them needs no application bundle.
+    INSTALLS_NOTHING = (Kind.SERVICE, Kind.DECOMMISSION)
+
     deployment = models.OneToOneField(
         Deployment, on_delete=models.CASCADE, primary_key=True, related_name="action"
     )
     kind = models.CharField(max_length=20, choices=Kind.choices)
     service_name = models.CharField(max_length=100, blank=True)
     service_action = models.CharField(max_length=20, choices=ServiceAction.choices, blank=True)
+    purge_data = models.BooleanField(default=False)
+    reason = models.CharField(max_length=500, blank=True)
 
     class Meta:
         ordering = ["deployment"]
@@ -209,8 +220,10 @@ class DeploymentAction(models.Model):
                 condition=(
                     Q(kind="service", service_action__in=["start", "stop", "restart", "status"])
                     & ~Q(service_name="")
+                    & Q(purge_data=False)
                 )
-                | Q(kind="check", service_name="", service_action=""),
+                | Q(kind__in=["check", "enroll"], service_name="", service_action="", purge_data=False)
+                | Q(kind="decommission", service_name="", service_action=""),
                 name="deployment_action_valid",
             )
         ]
@@ -218,14 +231,27 @@ class DeploymentAction(models.Model):
     def __str__(self) -> str:
         if self.kind == self.Kind.SERVICE:
             return f"{self.service_action} {self.service_name}"
-        return "check"
+        if self.kind == self.Kind.DECOMMISSION and self.purge_data:
+            return "decommission (purge data)"
+        return str(self.kind)
 
-    def playbook_options(self) -> dict[str, object]:
-        """How this action changes the deployment's ``runners.ansible.PlaybookRun``."""
+    def playbook_options(self, *, slm_public_key: str = "") -> dict[str, object]:
+        """How this action changes the deployment's ``runners.ansible.PlaybookRun``. A decommission
+        needs the SLM's public key (``slm_public_key``): it is the line removed from authorized_keys."""
         if self.kind == self.Kind.SERVICE:
             return {
                 "playbook": "service.yml",
                 "extra_vars": {"service_name": self.service_name, "service_action": self.service_action},
+            }
+        if self.kind == self.Kind.ENROLL:
+            return {"playbook": "enroll.yml"}
+        if self.kind == self.Kind.DECOMMISSION:
+            return {
+                "playbook": "decommission.yml",
+                "extra_vars": {"decommission_purge_data": self.purge_data, "slm_public_key": slm_public_key},
+                # It removes what the roles installed: none of their secrets (the agent token, the Redis
+                # password) goes to the node.
+                "secret_extra_vars": {},
             }
         return {"check": True, "diff": True}
 

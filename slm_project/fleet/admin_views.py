@@ -33,6 +33,7 @@ from unfold.widgets import (
     UnfoldAdminPasswordWidget,
     UnfoldAdminTextareaWidget,
     UnfoldAdminTextInputWidget,
+    UnfoldBooleanWidget,
 )
 
 from slm_project.fleet import enrollment, selectors, services
@@ -204,6 +205,23 @@ class DecommissionForm(forms.Form):
         help_text="Type the node's name to confirm.",
     )
     reason = forms.CharField(required=False, max_length=500, widget=UnfoldAdminTextInputWidget)
+    cleanup = forms.BooleanField(
+        label="Clean up the machine first",
+        required=False,
+        initial=True,
+        widget=UnfoldBooleanWidget,
+        help_text=(
+            "Runs decommission.yml: stops and removes every AutoBot service and file, then the SLM's SSH key;"
+            " the node is decommissioned when it succeeds. Untick for a machine that is gone or unreachable."
+        ),
+    )
+    purge_data = forms.BooleanField(
+        label="Delete data directories too",
+        required=False,
+        initial=False,
+        widget=UnfoldBooleanWidget,
+        help_text="With cleanup: the services' data (e.g. /var/lib/autobot, /var/lib/redis) is deleted too.",
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -318,8 +336,18 @@ def _resume(node: Node, data: dict[str, Any], actor: str) -> str:
 
 def _decommission(node: Node, data: dict[str, Any], actor: str) -> str:
     node = services.node_decommission(
-        node=node, confirm_name=data["confirm_name"], actor=actor, reason=data.get("reason", "")
+        node=node,
+        confirm_name=data["confirm_name"],
+        actor=actor,
+        reason=data.get("reason", ""),
+        cleanup=bool(data.get("cleanup")),
+        purge_data=bool(data.get("purge_data")),
     )
+    if node.state != NodeState.DECOMMISSIONED:
+        return (
+            f"Decommission of {node.name} started: a run removes AutoBot from the machine, and the node is"
+            " decommissioned when it succeeds (see its event timeline and the deployments)."
+        )
     return f"{node.name} is {node.state}: its agent token no longer works and it left discovery."
 
 
@@ -391,6 +419,9 @@ NODE_ACTIONS: dict[str, NodeAction] = {
             icon="delete_forever",
             explanation=(
                 "Terminal: the node's agent token stops working and its services leave discovery."
+                " With cleanup, a run first stops and removes every AutoBot service and file from the"
+                " machine (data directories only if you ask) and, last, the SLM's SSH key; the node is"
+                " decommissioned when that run succeeds, and stays as it is if it fails."
                 " A decommissioned node cannot come back; register the machine again instead."
             ),
             submit_label="Decommission",

@@ -65,6 +65,12 @@ class EventKind(models.TextChoices):
     ROLE_DRIFT_RESOLVED = "role.drift_resolved"
     SERVICE_RESTART_REQUESTED = "service.restart_requested"
     REMEDIATION_EXHAUSTED = "remediation.exhausted"
+    # The node lifecycle's playbook runs (fleet/lifecycle.py): enroll.yml after an enrollment,
+    # decommission.yml before a decommission.
+    SETUP_STARTED = "setup.started"
+    SETUP_FAILED = "setup.failed"
+    DECOMMISSION_REQUESTED = "decommission.requested"
+    DECOMMISSION_FAILED = "decommission.failed"
 
 
 class Trigger(models.TextChoices):

@@ -9,6 +9,8 @@ Enrollment, in stages (each a function):
    installs the SLM's key and verifies it works), gathers facts, and in one transaction stores the
    facts, issues the agent token and moves the node to ``online``. Any failure moves it to ``error``
    with the reason and leaves no facts or token behind. The bootstrap password is deleted either way.
+3. In the same transaction, the run that makes the node ready is queued (``lifecycle``: enroll.yml
+   deploys the baseline and the node agent with its token), so the node starts heartbeating on its own.
 
 A changed host key is refused and recorded as a critical event on every connection.
 """
@@ -22,10 +24,12 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.db import transaction
+from rest_framework.exceptions import APIException
 
 from service_kit.errors import Conflict
+from slm_project.fleet import lifecycle
 from slm_project.fleet.choices import EventKind, NodeState, Severity, Trigger
-from slm_project.fleet.models import Node
+from slm_project.fleet.models import Node, NodeEvent
 from slm_project.fleet.runners import ssh
 from slm_project.fleet.services import (
     node_agent_token_issue,
@@ -249,14 +253,45 @@ def _enroll(node: Node) -> tuple[dict, Node]:
             actor=ENROLL_ACTOR,
             reason="enrolled",
         )
-        node_event(
+        enrolled = node_event(
             node=locked,
             kind=EventKind.ENROLLMENT_SUCCEEDED,
             message=f"Enrolled: {facts.get('os') or 'unknown OS'}, kernel {facts.get('kernel') or '?'}.",
             actor=ENROLL_ACTOR,
             data={"facts": facts},
         )
+        _setup_start(locked, enrolled)
     return facts, locked
+
+
+def _setup_start(node: Node, enrolled: NodeEvent) -> None:
+    """Queue the run that makes the enrolled node ready (``lifecycle``: enroll.yml, the baseline and the
+    node agent). The enrollment stands if it cannot be queued: the reason becomes an event that needs
+    attention, and the operator deploys the ``slm-agent`` role once it is fixed."""
+    playbooks = lifecycle.node_playbooks()
+    if playbooks is None:
+        return
+    try:
+        with transaction.atomic():
+            deployment = playbooks.enrollment_succeeded(node=node, enrollment_event=enrolled)
+    except (APIException, ValueError) as exc:
+        detail = exc.detail if isinstance(exc, APIException) else str(exc)
+        node_event(
+            node=node,
+            kind=EventKind.SETUP_FAILED,
+            severity=Severity.WARNING,
+            message=f"The node is enrolled but its agent could not be deployed: {detail}",
+            actor=ENROLL_ACTOR,
+            needs_attention=True,
+        )
+        return
+    node_event(
+        node=node,
+        kind=EventKind.SETUP_STARTED,
+        message=f"Making the node ready: run {deployment.pk} deploys the baseline and the node agent.",
+        actor=ENROLL_ACTOR,
+        data={"deployment": str(deployment.pk)},
+    )
 
 
 def _pin_supplied_fingerprint(node: Node) -> None:

@@ -21,11 +21,12 @@ from rest_framework.exceptions import ValidationError
 
 from service_kit.errors import Conflict
 from slm_project.access.tokens import token_hash, token_new
+from slm_project.fleet import lifecycle
 from slm_project.fleet.choices import EventKind, NodeRoleStatus, NodeState, ServiceState, Severity, Trigger
 from slm_project.fleet.constants import AGENT_TOKEN_PREFIX
 from slm_project.fleet.models import Node, NodeEvent, NodeRole, Role, Service
 from slm_project.fleet.registry import ROLES
-from slm_project.fleet.states import TransitionNotAllowed, node_transition
+from slm_project.fleet.states import TransitionNotAllowed, can_transition, node_transition
 from slm_project.security.services import credential_delete
 
 _DNS_NAME = re.compile(
@@ -195,11 +196,83 @@ def node_resume(*, node: Node, actor: str, reason: str = "") -> Node:
     )
 
 
+def node_is_enrolled(node: Node) -> bool:
+    """Whether an enrollment reached the machine (its host key is pinned and it was issued an agent
+    token): only then has AutoBot put anything there, its own SSH key first."""
+    return bool(node.host_key and node.agent_token_hash)
+
+
 @transaction.atomic
-def node_decommission(*, node: Node, confirm_name: str, actor: str, reason: str = "") -> Node:
-    """Terminal: the node's agent token stops working, its services leave discovery."""
+def node_decommission(
+    *,
+    node: Node,
+    confirm_name: str,
+    actor: str,
+    reason: str = "",
+    cleanup: bool = True,
+    purge_data: bool = False,
+) -> Node:
+    """Retire a node for good: its agent token stops working, its services leave discovery, and the
+    state ``decommissioned`` is terminal.
+
+    With ``cleanup`` (the default) an enrolled node is cleared first: a ``decommission`` run of
+    ``decommission.yml`` is queued (``lifecycle``; a ``decommission.requested`` event names it), which
+    removes every AutoBot service and file and, last, the SLM's SSH key; the data directories too with
+    ``purge_data``. The node keeps its state meanwhile and is decommissioned when the run succeeds
+    (``node_decommission_complete``); a run that fails leaves it as it was, with a ``decommission.failed``
+    event that says why. Without ``cleanup`` (for a machine that is gone or unreachable), and for a node
+    never enrolled (nothing of AutoBot is there), the node is decommissioned at once.
+    """
     if confirm_name != node.name:
         raise ValidationError({"confirm_name": [f"Type the node's name ({node.name}) to confirm."]})
+    if purge_data and not cleanup:
+        raise ValidationError({"purge_data": ["Data is purged by the cleanup run: purging needs cleanup."]})
+    locked = Node.objects.select_for_update().get(pk=node.pk)
+    if not can_transition(locked.state, NodeState.DECOMMISSIONED):
+        raise TransitionNotAllowed(locked, NodeState.DECOMMISSIONED)
+    enrolled = node_is_enrolled(locked)
+    playbooks = lifecycle.node_playbooks()
+    if cleanup and enrolled:
+        if playbooks is None:
+            raise Conflict(f"No cleanup runs here: decommission {node.name} without cleanup.")
+        deployment = playbooks.decommission_start(
+            node=locked, actor=actor, reason=reason, purge_data=purge_data
+        )
+        node_event(
+            node=locked,
+            kind=EventKind.DECOMMISSION_REQUESTED,
+            message=(
+                f"Decommission requested: run {deployment.pk} removes AutoBot's services and files"
+                f"{' and data' if purge_data else ''} from the machine, then the SLM's SSH key; the node"
+                " is decommissioned when it succeeds."
+            ),
+            actor=actor,
+            data={"deployment": str(deployment.pk), "purge_data": purge_data, "reason": reason[:500]},
+        )
+        return locked
+    if enrolled:
+        reason = "; ".join(
+            part for part in (reason, "without cleanup: AutoBot's files and the SLM's key stay on it") if part
+        )
+    return _decommission_now(node=locked, actor=actor, reason=reason)
+
+
+@transaction.atomic
+def node_decommission_complete(
+    *, node: Node, actor: str, reason: str = "", deployment_id: Any = None
+) -> Node:
+    """The cleanup run of a decommission succeeded (called by the deployments app): decommission the node.
+    A node decommissioned meanwhile (without cleanup) stays as it is."""
+    locked = Node.objects.select_for_update().get(pk=node.pk)
+    if locked.state == NodeState.DECOMMISSIONED:
+        return locked
+    done = f"cleaned up by run {deployment_id}" if deployment_id else "cleaned up"
+    return _decommission_now(
+        node=locked, actor=actor, reason="; ".join(part for part in (reason, done) if part)
+    )
+
+
+def _decommission_now(*, node: Node, actor: str, reason: str) -> Node:
     node = node_transition(
         node=node, to_state=NodeState.DECOMMISSIONED, trigger=Trigger.OPERATOR, actor=actor, reason=reason
     )

@@ -13,7 +13,7 @@ from service_kit.integrations import (
     database_settings,
     testing_settings,
 )
-from slm_project.config.env import VAR_DIR, env
+from slm_project.config.env import BASE_DIR, VAR_DIR, env
 from slm_project.config.settings.base import *  # noqa: F403
 
 TEST_DATABASE_URL = env.str("AUTOBOT_SLM_TEST_DATABASE_URL", default="")
@@ -29,3 +29,7 @@ globals().update(cache_settings(redis_url=TEST_REDIS_URL, key_prefix="slm-test")
 globals().update(celery_settings(broker_url=TEST_REDIS_URL, var_dir=VAR_DIR))
 
 globals().update(testing_settings(static_root=STATIC_ROOT))  # noqa: F405
+
+# Bundles are named by a hash of their content, so every test run may share one cache of them: a bundle
+# is built once (pip wheel), not once per run.
+DEPLOYMENTS_BUNDLE_DIR = str(BASE_DIR / "var" / "cache" / "bundles")

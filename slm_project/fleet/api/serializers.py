@@ -180,7 +180,19 @@ class ReasonInputSerializer(serializers.Serializer):
 
 
 class DecommissionInputSerializer(ReasonInputSerializer):
-    confirm_name = serializers.CharField(max_length=63)
+    confirm_name = serializers.CharField(max_length=63, help_text="The node's name, repeated to confirm.")
+    cleanup = serializers.BooleanField(
+        default=True,
+        help_text=(
+            "Remove AutoBot's services, files and the SLM's SSH key from the machine first"
+            " (decommission.yml); the node is decommissioned when that run succeeds. Set false for a"
+            " machine that is gone or unreachable: the node is decommissioned at once and the machine is"
+            " left as it is."
+        ),
+    )
+    purge_data = serializers.BooleanField(
+        default=False, help_text="With cleanup: delete the services' data directories too (kept by default)."
+    )
 
 
 class AcceptHostKeyInputSerializer(serializers.Serializer):

@@ -4,7 +4,7 @@ from slm_project.fleet.api import views
 
 app_name = "fleet"
 
-ACTIONS = ("drain", "resume", "decommission", "accept-host-key", "enroll", "test-connection")
+ACTIONS = ("drain", "resume", "accept-host-key", "enroll", "test-connection")
 
 urlpatterns = [
     path("nodes", views.NodeListView.as_view(), name="node-list"),
@@ -12,6 +12,7 @@ urlpatterns = [
     path("nodes/<uuid:node_id>/heartbeat", views.HeartbeatView.as_view(), name="node-heartbeat"),
     path("nodes/<uuid:node_id>/events", views.NodeEventListView.as_view(), name="node-events"),
     path("nodes/<uuid:node_id>/metrics", views.NodeMetricsView.as_view(), name="node-metrics"),
+    path("nodes/<uuid:node_id>/decommission", views.NodeDecommissionView.as_view(), name="node-decommission"),
     *[
         path(
             f"nodes/<uuid:node_id>/{action}",

@@ -110,8 +110,10 @@ class NodeActionView(FleetView):
         handler = getattr(self, f"do_{self.action_name.replace('-', '_')}")
         node = handler(request, node, actor)
         node.refresh_from_db()
-        code = status.HTTP_202_ACCEPTED if self.action_name in {"enroll", "test-connection"} else 200
-        return Response(s.NodeDetailOutputSerializer(node).data, status=code)
+        return Response(s.NodeDetailOutputSerializer(node).data, status=self.status_code(node))
+
+    def status_code(self, node: Node) -> int:
+        return status.HTTP_202_ACCEPTED if self.action_name in {"enroll", "test-connection"} else 200
 
     def do_drain(self, request, node, actor):
         data = _valid(s.ReasonInputSerializer, request)
@@ -135,6 +137,35 @@ class NodeActionView(FleetView):
 
     def do_test_connection(self, request, node, actor):
         return enrollment.node_connection_test_request(node=node, actor=actor)
+
+
+class NodeDecommissionView(NodeActionView):
+    """``POST /nodes/{id}/decommission``."""
+
+    action_name = "decommission"
+
+    @extend_schema(
+        request=s.DecommissionInputSerializer,
+        responses={
+            200: s.NodeDetailOutputSerializer,
+            202: s.NodeDetailOutputSerializer,
+        },
+        description=(
+            "Retire the node for good (terminal). On an enrolled node with `cleanup` (the default) a"
+            " decommission run is queued that removes every AutoBot service and file (data directories only"
+            " with `purge_data`) and, last, the SLM's SSH key: the answer is 202 with the node still in"
+            " its state, and the node becomes `decommissioned` when the run succeeds (its"
+            " `decommission.requested` event names the run's deployment; a failed run leaves the node as"
+            " it was, with a `decommission.failed` event). Without `cleanup`, or for a node never enrolled,"
+            " the answer is 200 with the node `decommissioned`. 409 when the node is decommissioned"
+            " already or a decommission run of it is pending; 400 when `confirm_name` is not the node's name."
+        ),
+    )
+    def post(self, request, node_id):
+        return super().post(request, node_id)
+
+    def status_code(self, node: Node) -> int:
+        return 200 if node.state == NodeState.DECOMMISSIONED else status.HTTP_202_ACCEPTED
 
 
 def _valid(serializer_class, request) -> dict:

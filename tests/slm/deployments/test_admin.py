@@ -7,6 +7,8 @@ instead of sent, and runs' events are written through the executor's services (`
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from django.conf import settings as django_settings
 from django.contrib.auth.models import Permission
@@ -20,6 +22,7 @@ from slm_project.deployments.choices import RunStatus
 from slm_project.deployments.models import Deployment, DeploymentRun
 from slm_project.fleet import services as fleet_services
 from slm_project.fleet.choices import NodeState, Trigger
+from slm_project.fleet.registry import ROLES
 from slm_project.fleet.states import node_transition
 from tests.slm.deployments.factories import make_online_node
 from tests.slm.deployments.runs import playbook_events, recap, request, run_with_events
@@ -132,15 +135,30 @@ def test_the_wizard_offers_only_deployable_nodes_and_roles_with_their_variables(
     form = response.context["form"]
     assert list(form.fields["nodes"].queryset) == [online]
     roles = [value for value, _ in form.fields["roles"].choices]
-    assert roles == ["slm-agent", "redis"]  # llm, backend … have no Ansible role yet
+    assert roles == list(ROLES)  # every role of the registry has its Ansible role
+    assert form.role_variables["slm-agent"] == ["var__slm_agent_interval_seconds"]
+    assert form.role_variables["redis"] == [
+        "var__redis_maxmemory",
+        "var__redis_maxmemory_policy",
+        "var__redis_appendonly",
+    ]
     assert form.role_variables == {
-        "slm-agent": ["var__slm_agent_interval_seconds"],
-        "redis": ["var__redis_maxmemory", "var__redis_maxmemory_policy", "var__redis_appendonly"],
+        name: [f"var__{variable}" for variable in ROLES[name].variables]
+        for name in ROLES
+        if ROLES[name].variables
     }
     content = response.content.decode()
     assert 'data-role="redis"' in content
     assert "gone-1" not in content
     assert "pending-1" not in content
+
+
+def test_the_wizard_leaves_out_a_role_without_an_ansible_role(operator, monkeypatch):
+    make_online_node(name="ready-1")
+    monkeypatch.setitem(ROLES, "llm", dataclasses.replace(ROLES["llm"], ansible_role="not_written_yet"))
+    roles = [value for value, _ in operator.get(reverse(WIZARD)).context["form"].fields["roles"].choices]
+    assert "llm" not in roles
+    assert "redis" in roles
 
 
 def test_the_add_button_leads_to_the_wizard(operator):
@@ -203,7 +221,7 @@ def test_a_rolling_deployment_takes_its_batch_option(operator):
     [
         ({"nodes": []}, "nodes", "This field is required"),
         ({"roles": []}, "roles", "This field is required"),
-        ({"roles": ["llm"]}, "roles", "not one of the available choices"),
+        ({"roles": ["mailserver"]}, "roles", "not one of the available choices"),
         ({"roles": ["../redis"]}, "roles", "not one of the available choices"),
         (
             {"roles": ["slm-agent"], "var__redis_maxmemory": "64mb"},

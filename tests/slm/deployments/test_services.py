@@ -57,7 +57,6 @@ def test_the_same_idempotency_key_returns_the_same_deployment():
         (["nosuchrole"], "Unknown roles: nosuchrole"),
         (["../../etc/passwd"], "is not a role name"),
         (["redis/../common"], "is not a role name"),
-        (["llm"], "No Ansible role exists yet for: llm"),
         ([], "Name at least one role"),
     ],
 )
@@ -66,6 +65,20 @@ def test_bad_roles_are_refused(roles, message):
     with pytest.raises(ValidationError) as excinfo:
         create(node, roles=roles)
     assert message in str(excinfo.value.detail["roles"])
+    assert not Deployment.objects.exists()
+
+
+def test_a_role_whose_ansible_role_does_not_exist_is_refused(monkeypatch):
+    from dataclasses import replace
+
+    from slm_project.fleet import registry
+
+    # Every registry role has its Ansible role now; one that names a missing directory stands in.
+    monkeypatch.setitem(registry.ROLES, "llm", replace(registry.ROLES["llm"], ansible_role="not_written"))
+    node = make_online_node()
+    with pytest.raises(ValidationError) as excinfo:
+        create(node, roles=["llm"])
+    assert "No Ansible role exists yet for: llm" in str(excinfo.value.detail["roles"])
     assert not Deployment.objects.exists()
 
 

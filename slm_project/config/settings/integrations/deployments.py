@@ -1,6 +1,6 @@
 """Deployments: where the Ansible tree is, the URL node agents report to, where runs keep their files."""
 
-from slm_project.config.env import BASE_DIR, env
+from slm_project.config.env import BASE_DIR, VAR_DIR, env
 
 DEPLOYMENTS_ANSIBLE_DIR = BASE_DIR / "ansible"
 # The SLM as the nodes reach it (the slm_agent role writes it into each agent's config).
@@ -26,3 +26,6 @@ DEPLOYMENTS_REMEDIATION_COOLDOWN_SECONDS = env.int("DEPLOYMENTS_REMEDIATION_COOL
 # rows per statement.
 DEPLOYMENTS_EVENT_RETENTION_DAYS = env.int("DEPLOYMENTS_EVENT_RETENTION_DAYS", default=30)
 DEPLOYMENTS_EVENT_DELETE_BATCH = env.int("DEPLOYMENTS_EVENT_DELETE_BATCH", default=5000)
+# Application bundles (deployments/bundles.py: wheels + sources of a role's Python service, built here
+# once per content hash and copied to the nodes, which then need no package index).
+DEPLOYMENTS_BUNDLE_DIR = env.str("DEPLOYMENTS_BUNDLE_DIR", default=str(VAR_DIR / "bundles"))
