@@ -12,8 +12,12 @@ Parsers are plain classes fed the raw bytes httpx hands over: ``feed(chunk)`` re
 that is not the protocol raises ``ProtocolError``; an error the server reports inside the stream raises
 ``ServerReportedError``. No per-chunk logging, no per-chunk allocation beyond the event itself.
 
-One ``httpx.AsyncClient`` per event loop (``http_client()``), pooled, HTTP/1.1: an ASGI process has one
-loop, so every stream of the process shares one pool.
+Pooled ``httpx.AsyncClient`` per event loop, HTTP/1.1 (``client_lease()``): an ASGI process has one loop,
+so its streams share these pools. Several clients, each taking at most ``STREAMS_PER_CLIENT`` streams
+at a time, the first with room first: httpcore walks every connection of a pool (with a ``poll`` of each
+idle socket) when a request starts and when a response ends, so with one pool for a few hundred
+concurrent streams choosing a connection cost more CPU than the whole rest of the stream (half the
+process's time in bench/chat_stream.py). A caller streaming alone still reuses one connection.
 """
 
 from __future__ import annotations
@@ -88,35 +92,71 @@ def describe_exception(exc: BaseException, secrets: Iterable[str | None] = ()) -
 # --------------------------------------------------------------------------------------------------
 # Clients
 
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
-    weakref.WeakKeyDictionary()
-)
+STREAMS_PER_CLIENT = 32
+
+
+class ClientLease:
+    """A stream's share of one pooled client; ``release()`` (once the response is closed) frees it."""
+
+    __slots__ = ("_index", "_pool", "client")
+
+    def __init__(self, pool: _ClientPool, index: int) -> None:
+        self._pool: _ClientPool | None = pool
+        self._index = index
+        self.client = pool.clients[index]
+
+    def release(self) -> None:
+        if self._pool is not None:
+            self._pool.in_flight[self._index] -= 1
+            self._pool = None
+
+
+class _ClientPool:
+    def __init__(self) -> None:
+        self.clients: list[httpx.AsyncClient] = []
+        self.in_flight: list[int] = []
+
+    def lease(self) -> ClientLease:
+        index = next((i for i, count in enumerate(self.in_flight) if count < STREAMS_PER_CLIENT), None)
+        if index is None:
+            if len(self.clients) * STREAMS_PER_CLIENT < settings.LLM_HTTP_MAX_CONNECTIONS:
+                self.clients.append(new_http_client())
+                self.in_flight.append(0)
+                index = len(self.clients) - 1
+            else:  # at the connection limit: the least busy client queues the request
+                index = min(range(len(self.clients)), key=self.in_flight.__getitem__)
+        if self.clients[index].is_closed:
+            self.clients[index] = new_http_client()
+        self.in_flight[index] += 1
+        return ClientLease(self, index)
+
+
+_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ClientPool] = weakref.WeakKeyDictionary()
 
 
 def new_http_client() -> httpx.AsyncClient:
     limits = httpx.Limits(
         max_connections=settings.LLM_HTTP_MAX_CONNECTIONS,
-        max_keepalive_connections=settings.LLM_HTTP_MAX_KEEPALIVE_CONNECTIONS,
+        max_keepalive_connections=min(settings.LLM_HTTP_MAX_KEEPALIVE_CONNECTIONS, STREAMS_PER_CLIENT),
         keepalive_expiry=30.0,
     )
     # Timeouts are set per request from the provider's settings.
     return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(30.0), follow_redirects=False)
 
 
-def http_client() -> httpx.AsyncClient:
-    """The running event loop's shared client (made on first use)."""
+def client_lease() -> ClientLease:
+    """A share of one of the running event loop's pooled clients (made on first use)."""
     loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
-    if client is None or client.is_closed:
-        client = new_http_client()
-        _clients[loop] = client
-    return client
+    pool = _pools.get(loop)
+    if pool is None:
+        pool = _pools[loop] = _ClientPool()
+    return pool.lease()
 
 
 async def close_http_client() -> None:
-    """Close the running loop's client (tests, or a lifespan shutdown); the next use makes a new one."""
-    client = _clients.pop(asyncio.get_running_loop(), None)
-    if client is not None:
+    """Close the running loop's clients (tests, or a lifespan shutdown); the next use makes new ones."""
+    pool = _pools.pop(asyncio.get_running_loop(), None)
+    for client in pool.clients if pool is not None else ():
         await client.aclose()
 
 

@@ -67,6 +67,7 @@ class LlmStream:
         time_to_first_token: float,
         prompt_estimate: int,
         on_broken: OnBroken,
+        lease: clients.ClientLease,
     ) -> None:
         self.provider = ProviderRef(id=config.id, name=config.name, kind=config.kind)
         self.model = model
@@ -83,6 +84,7 @@ class LlmStream:
         self._done = False
         self._closed = False
         self._release_task: asyncio.Task | None = None
+        self._lease = lease
 
     def __repr__(self) -> str:
         return f"LlmStream(provider={self.provider.name!r}, model={self.model!r})"
@@ -164,7 +166,10 @@ class LlmStream:
             return
         self._closed = True
         # An unfinished response closes its connection instead of returning it to the pool.
-        await self._response.aclose()
+        try:
+            await self._response.aclose()
+        finally:
+            self._lease.release()
 
     async def aclose(self) -> None:
         """Stop: cancel the upstream request now. Safe to call more than once, and after the end."""
@@ -198,7 +203,8 @@ async def start_attempt(
     in the stream, silence past ``first_token_timeout``. The response is closed on every failure, also
     when the caller is cancelled.
     """
-    client = clients.http_client()
+    lease = clients.client_lease()
+    client = lease.client
     merged = {**config.params, **(model_config.params if model_config else {}), **(params or {})}
     body = clients.chat_body(
         kind=config.kind,
@@ -252,6 +258,9 @@ async def start_attempt(
     except BaseException:
         await _close(response)  # cancelled while waiting: the upstream request goes too
         raise
+    finally:
+        if response is None or response.is_closed:
+            lease.release()  # failed: the stream that would have released it does not exist
     return LlmStream(
         config=config,
         model=model,
@@ -263,6 +272,7 @@ async def start_attempt(
         time_to_first_token=time.perf_counter() - started,
         prompt_estimate=estimate_prompt_tokens(messages),
         on_broken=on_broken,
+        lease=lease,
     )
 
 

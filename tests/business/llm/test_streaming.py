@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 
+from business_project.llm import clients
 from business_project.llm.events import (
     InvalidLlmRequest,
     NoProviderAvailable,
@@ -392,6 +393,35 @@ def test_the_connection_goes_back_to_the_pool_even_when_the_caller_stops_at_the_
     assert len(scripted_llm.chat_requests()) == 3
     assert scripted_llm.connections == 1
     assert scripted_llm.disconnects == []
+
+
+def test_many_concurrent_streams_spread_over_pooled_clients_and_give_their_share_back(scripted_llm):
+    """One pool per ``STREAMS_PER_CLIENT`` concurrent streams (httpcore scans its whole pool per
+    request), the first with room first; every stream's share comes back when it ends or is closed."""
+    scripted_llm.script(tokens=["a", "b", "c"], token_delay=0.2)
+    scripted_llm.register_provider()
+    count = clients.STREAMS_PER_CLIENT + 8
+
+    async def go():
+        streams = await asyncio.gather(*(open_stream(messages=MESSAGES) for _ in range(count)))
+        pool = clients._pools[asyncio.get_running_loop()]
+        during = list(pool.in_flight)
+        for stream in streams[:5]:
+            await stream.aclose()  # stopped early
+        for stream in streams[5:]:
+            async for _ in stream:  # read to the end
+                pass
+        after = list(pool.in_flight)
+        # Streaming alone again takes the first client, whose connections are there to reuse.
+        stream = await open_stream(messages=MESSAGES)
+        first = stream._lease.client is pool.clients[0]
+        await stream.aclose()
+        return during, after, first
+
+    during, after, first = run(go)
+    assert during == [clients.STREAMS_PER_CLIENT, 8]
+    assert after == [0, 0]
+    assert first
 
 
 # --------------------------------------------------------------------------------------------------
