@@ -6,8 +6,10 @@ has. Replay and live events come from one ordered log, so a reader gets each eve
 gap and no duplicate, whichever process generates and whichever process reads.
 
 - **Redis** (production; whenever ``CHAT_EVENT_BUFFER_REDIS_URL`` or the channel layer's Redis is
-  configured): one Redis Stream per message whose entry ids are ``<seq>-0``, read with ``XREAD BLOCK``
-  after ``<after_seq>-0``; the key expires ``CHAT_EVENT_BUFFER_TTL`` seconds after its last write.
+  configured): one Redis Stream per message; an entry holds one or more consecutive events and its id
+  is ``<seq of its last event>-0``, so ``XREAD BLOCK`` after ``<after_seq>-0`` finds every event after
+  ``after_seq``; the key expires ``CHAT_EVENT_BUFFER_TTL`` seconds after its last write. Readers in the
+  generating process follow the events from memory, as they are published.
 - **Memory** (only when no Redis is configured: the one-process embedded mode): the same semantics in
   this process.
 
@@ -17,6 +19,7 @@ Events are stored as their JSON text, so a reader forwards them without decoding
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import weakref
 from collections.abc import AsyncIterator
@@ -75,16 +78,24 @@ class _LocalLog:
             await waiter
 
 
-# Publishers queue their events; one flusher task per buffer (per process) writes everything queued in
-# one pipeline, then hands the events to this process's readers. Under load every generation publishes a
-# delta per token: awaiting a Redis round trip for each cost CPU per token and put a round trip into
-# every delta's latency, where a pipeline shares one among all the messages of the process. Order per
-# message is kept (one writer, in queue order) and a reader here still never sees an event Redis lacks.
+# An event reaches the readers in this process at once, when it is published, and Redis soon after: a
+# flusher task per buffer (per process) writes what is queued in one pipeline, at most every
+# FLUSH_INTERVAL_SECONDS (at once for an event someone waits for: the first and the last of a message), and
+# the events of one message queued together as ONE stream entry. Under load every generation publishes a
+# delta per token; a Redis round trip for each cost CPU per token and put a round trip into every delta's
+# latency. Redis is the log for everyone else (another process, a resume after a reconnect), which may see
+# an event a few milliseconds after a reader here: a resume reads from the seq it has, so it waits for
+# what Redis does not have yet and never gets an event twice.
+FLUSH_INTERVAL_SECONDS = 0.005
 # Beyond this many queued events a publisher waits for the flusher (Redis slower than the providers).
 MAX_QUEUED_EVENTS = 10_000
 
 
 class RedisEventBuffer:
+    """One Redis Stream per message. An entry holds one or more consecutive events of the message: its id
+    is ``<seq of the last>-0``, field ``t`` their types and ``d`` their JSON texts, each joined by a
+    newline (JSON text has none)."""
+
     def __init__(self, url: str, *, prefix: str, ttl: int) -> None:
         from redis.asyncio import Redis
 
@@ -98,6 +109,7 @@ class RedisEventBuffer:
         self.local: dict[str, _LocalLog] = {}
         self.queued: list[tuple[str, BufferedEvent, asyncio.Future | None]] = []
         self.flusher: asyncio.Task | None = None
+        self.flush_now: asyncio.Event | None = None
         # Messages whose event could not be written: their next publish raises this.
         self.failed: dict[str, Exception] = {}
 
@@ -105,55 +117,72 @@ class RedisEventBuffer:
         return f"{self.prefix}:chat-events:{message_id}"
 
     async def publish(self, message_id: str, event: BufferedEvent, *, wait: bool = True) -> None:
-        """Queue ``event`` for Redis. With ``wait`` (the first and last events of a message), return once
-        Redis has it; without, at once — a failed write then raises from the message's next publish."""
+        """Hand ``event`` to this process's readers and queue it for Redis. With ``wait`` (the first and
+        last events of a message), return once Redis has it; without, at once — a failed write then
+        raises from the message's next publish."""
         error = self.failed.get(message_id)
         if error is not None:
             if event.type == END:
                 del self.failed[message_id]
             raise error
+        self._deliver(message_id, event)
         done = None
         if wait or len(self.queued) >= MAX_QUEUED_EVENTS:
             done = asyncio.get_running_loop().create_future()
         self.queued.append((message_id, event, done))
         if self.flusher is None or self.flusher.done():
+            self.flush_now = asyncio.Event()
             self.flusher = asyncio.ensure_future(self._flush())
         if done is not None:
+            self.flush_now.set()
             await done
 
     async def _flush(self) -> None:
         while self.queued:
+            if not self.flush_now.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.flush_now.wait(), FLUSH_INTERVAL_SECONDS)
+            self.flush_now.clear()
             batch, self.queued = self.queued, []
+            entries: dict[str, list[tuple[BufferedEvent, asyncio.Future | None]]] = {}
+            for message_id, event, done in batch:
+                entries.setdefault(message_id, []).append((event, done))
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    for message_id, event, _ in batch:
+                    for message_id, events in entries.items():
                         key = self.key(message_id)
-                        pipe.xadd(key, {"t": event.type, "d": event.data}, id=f"{event.seq}-0")
-                        if event.seq == 1 or event.type == END:
-                            # The first and last events set the lifetime; checkpoints (touch) extend it.
-                            pipe.expire(key, self.ttl)
+                        pipe.xadd(
+                            key,
+                            {
+                                "t": "\n".join(event.type for event, _ in events),
+                                "d": "\n".join(event.data for event, _ in events),
+                            },
+                            id=f"{events[-1][0].seq}-0",
+                        )
+                        # The first and last events set the lifetime; checkpoints (touch) extend it.
+                        pipe.expire(key, self.ttl)
                     results = await pipe.execute(raise_on_error=False)
             except Exception as exc:  # the connection failed: nothing of the batch is known to be written
-                results = [exc] * (len(batch) * 2)
-            position = 0
-            for message_id, event, done in batch:
-                outcome = results[position]
-                position += 2 if event.seq == 1 or event.type == END else 1
-                if isinstance(outcome, Exception):
+                results = [exc] * (len(entries) * 2)
+            for index, (message_id, events) in enumerate(entries.items()):
+                outcome = next(
+                    (r for r in results[2 * index : 2 * index + 2] if isinstance(r, Exception)), None
+                )
+                if outcome is not None:
                     self.failed.setdefault(message_id, outcome)
+                for _, done in events:
                     if done is not None and not done.done():
-                        done.set_exception(outcome)
-                    continue
-                self._deliver(message_id, event)
-                if done is not None and not done.done():
-                    done.set_result(None)
+                        if outcome is None:
+                            done.set_result(None)
+                        else:
+                            done.set_exception(outcome)
 
     def forget(self, message_id: str) -> None:
         """The generation of ``message_id`` has ended here: drop what this process kept for it."""
         self.failed.pop(message_id, None)
 
     def _deliver(self, message_id: str, event: BufferedEvent) -> None:
-        """Hand a written event to this process's readers of the message."""
+        """Hand an event to this process's readers of the message."""
         local = self.local.get(message_id)
         if event.seq == 1:
             local = self.local[message_id] = _LocalLog()
@@ -175,7 +204,11 @@ class RedisEventBuffer:
         # A reader that has the message_end already (a resume after the end) gets nothing more; without
         # this it waited in XREAD for an event that never comes, until the key expired.
         last = await self.redis.xrevrange(key, count=1)
-        if last and last[0][1][b"t"].decode() == END and int(last[0][0].split(b"-", 1)[0]) <= after_seq:
+        if (
+            last
+            and last[0][1][b"t"].decode().rsplit("\n", 1)[-1] == END
+            and int(last[0][0].split(b"-", 1)[0]) <= after_seq
+        ):
             return
         local = self.local.get(message_id)
         if local is not None:
@@ -197,14 +230,15 @@ class RedisEventBuffer:
                 continue
             for entry_id, fields in answer[0][1]:
                 last_id = entry_id
-                event = BufferedEvent(
-                    seq=int(entry_id.split(b"-", 1)[0]),
-                    type=fields[b"t"].decode(),
-                    data=fields[b"d"].decode(),
-                )
-                yield event
-                if event.type == END:
-                    return
+                types = fields[b"t"].decode().split("\n")
+                texts = fields[b"d"].decode().split("\n")
+                first = int(entry_id.split(b"-", 1)[0]) - len(types) + 1
+                for offset, (kind, data) in enumerate(zip(types, texts, strict=True)):
+                    if first + offset <= after_seq:
+                        continue  # an entry ending after after_seq may begin before it
+                    yield BufferedEvent(seq=first + offset, type=kind, data=data)
+                    if kind == END:
+                        return
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -150,9 +150,10 @@ def test_the_redis_buffer_is_shared_by_processes(redis_url):
     assert everything == list(range(1, 10))
 
 
-def test_queued_deltas_are_written_in_one_pipeline_and_a_failed_write_surfaces(redis_url):
+def test_deltas_reach_local_readers_at_once_and_redis_in_batched_entries(redis_url):
     async def scenario():
         buffer = RedisEventBuffer(redis_url, prefix=f"test-{uuid.uuid4().hex}", ttl=60)
+        remote = RedisEventBuffer(redis_url, prefix=buffer.prefix, ttl=60)  # another process
         message_id, other_id = str(uuid.uuid4()), str(uuid.uuid4())
         pipelines = []
         real_pipeline = buffer.redis.pipeline
@@ -167,30 +168,40 @@ def test_queued_deltas_are_written_in_one_pipeline_and_a_failed_write_surfaces(r
             reader = buffer.read(message_id, 0)
             assert (await anext(reader)).seq == 1
             pipelines.clear()
-            # Deltas published without waiting are queued and go out together.
-            for seq in range(2, 12):
+            # A local reader has a delta as soon as it is published, before Redis has it.
+            await buffer.publish(message_id, buffered(2), wait=False)
+            assert (await asyncio.wait_for(anext(reader), 0.001)).seq == 2
+            assert pipelines == []
+            for seq in range(3, 12):
                 await buffer.publish(message_id, buffered(seq), wait=False)
             await buffer.publish(message_id, buffered(12, "message_end"))
-            assert len(pipelines) <= 2, pipelines
+            assert len(pipelines) <= 2, pipelines  # ten deltas and the end: one or two round trips
             seen = [event.seq async for event in reader]
-            in_redis = [int(i.split(b"-")[0]) for i, _ in await buffer.redis.xrange(buffer.key(message_id))]
-            # A write Redis refuses (an id below the last) fails that message only, at its next publish.
+            entries = await buffer.redis.xrange(buffer.key(message_id))
+            # Another process reads every event once, from any seq, also from inside an entry.
+            remote_all = [event.seq async for event in remote.read(message_id, 0)]
+            remote_from_5 = [event.seq async for event in remote.read(message_id, 5)]
+            # A write Redis refuses fails that message only, at its next publish; the end clears it.
             await buffer.publish(other_id, buffered(1, "message_start"))
-            await buffer.publish(other_id, buffered(3), wait=False)
-            await buffer.publish(other_id, buffered(2), wait=False)  # refused: 2-0 is below 3-0
+            await buffer.redis.delete(buffer.key(other_id))
+            await buffer.redis.set(buffer.key(other_id), "not a stream")
+            await buffer.publish(other_id, buffered(2), wait=False)
             await buffer.publish(message_id + "x", buffered(1, "message_start"))  # flushes the queue
-            with pytest.raises(Exception, match="equal or smaller"):
-                await buffer.publish(other_id, buffered(4), wait=False)
-            with pytest.raises(Exception, match="equal or smaller"):
-                await buffer.publish(other_id, buffered(5, "message_end"))
-            await buffer.publish(other_id, buffered(6, "message_end"))  # the failure is cleared at the end
-            return seen, in_redis
+            with pytest.raises(Exception, match="WRONGTYPE"):
+                await buffer.publish(other_id, buffered(3), wait=False)
+            with pytest.raises(Exception, match="WRONGTYPE"):
+                await buffer.publish(other_id, buffered(4, "message_end"))
+            assert other_id not in buffer.failed
+            return seen, len(entries), remote_all, remote_from_5
         finally:
             await buffer.close()
+            await remote.close()
 
-    seen, in_redis = asyncio.run(scenario())
-    assert seen == list(range(2, 13))
-    assert in_redis == list(range(1, 13))
+    seen, entries, remote_all, remote_from_5 = asyncio.run(scenario())
+    assert seen == list(range(3, 13))
+    assert entries <= 3  # message_start, then the deltas and the end in one or two entries
+    assert remote_all == list(range(1, 13))
+    assert remote_from_5 == list(range(6, 13))
 
 
 def test_the_redis_buffer_expires(redis_url):
