@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 import httpx
 from django.conf import settings
 
+from business_project.llm import network
 from business_project.llm.choices import ProviderKind
 from business_project.llm.constants import ERROR_TEXT_MAX_LENGTH, HEALTH_MODELS_RECORDED
 from business_project.llm.events import TextDelta
@@ -141,7 +142,9 @@ def new_http_client() -> httpx.AsyncClient:
         keepalive_expiry=30.0,
     )
     # Timeouts are set per request from the provider's settings.
-    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(30.0), follow_redirects=False)
+    return httpx.AsyncClient(
+        transport=network.http_transport(limits), timeout=httpx.Timeout(30.0), follow_redirects=False
+    )
 
 
 def client_lease() -> ClientLease:
