@@ -6,11 +6,12 @@ to the message's buffer (``buffer.py``: Redis in production) and nowhere else; w
 the SSE endpoint read from the buffer (``events_read``), from the ``seq`` they have.
 
 The answer is written to the database once at the end (``services.generation_finish``), with a
-checkpoint at most every ``CHAT_CHECKPOINT_INTERVAL`` seconds while it streams — never per token.
+checkpoint at most every ``CHAT_CHECKPOINT_INTERVAL`` seconds while it streams — never per token (one
+transaction for all the generations of the process, ``_checkpoint_periodically``).
 
 Stopping: ``generation_stop`` sets the stop flag of a generation running in this process, or broadcasts
-the stop on the channel layer group ``chat-stop``, which every process's stop listener reads. The generation then
-closes the upstream request at once (``stream.aclose()``) and stores the partial answer.
+the stop on the channel layer group ``chat-stop``, which every process's stop listener reads. The
+generation then closes the upstream request at once (``stream.aclose()``) and stores the partial answer.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class _Generation:
     loop: asyncio.AbstractEventLoop
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
+    progress: _Progress | None = None
+    checkpointed_seq: int = 0
 
 
 # Generations running in this process, by message id (strong references: a task nobody holds can be
@@ -93,6 +96,7 @@ async def generation_start(plan: GenerationPlan) -> None:
     generation = _Generation(plan=plan, loop=asyncio.get_running_loop())
     _running[plan.message_id] = generation
     _ensure_stop_listener()
+    _ensure_checkpointer()
     try:
         await buffer.publish(plan.message_id, BufferedEvent(1, EventType.MESSAGE_START, events.encode(start)))
     except Exception:
@@ -197,7 +201,7 @@ async def _listen_for_stops() -> None:
 async def _run(generation: _Generation) -> None:
     plan = generation.plan
     started = time.monotonic()
-    progress = _Progress()
+    progress = generation.progress = _Progress()
     try:
         result, error = await _generate(generation, progress, started)
         await _finish(plan, progress, result, error)
@@ -253,12 +257,8 @@ async def _consume(
 ):
     plan = generation.plan
     buffer = event_buffer()
-    interval = settings.CHAT_CHECKPOINT_INTERVAL
-    checkpoint: asyncio.Task | None = None
-    last_checkpoint = time.monotonic()
 
     async def pump() -> None:
-        nonlocal checkpoint, last_checkpoint
         async for event in stream:
             if type(event) is TextDelta:
                 progress.seq += 1
@@ -273,12 +273,6 @@ async def _consume(
                 await buffer.publish(
                     plan.message_id, BufferedEvent(progress.seq, EventType.DELTA, data), wait=False
                 )
-                now = time.monotonic()
-                if now - last_checkpoint >= interval and (checkpoint is None or checkpoint.done()):
-                    last_checkpoint = now
-                    checkpoint = asyncio.ensure_future(
-                        _checkpoint(plan.message_id, progress.content, progress.seq)
-                    )
             else:
                 progress.end = event
 
@@ -305,9 +299,6 @@ async def _consume(
         if not pumping.done():
             pumping.cancel()
         await stream.aclose()
-        if checkpoint is not None:
-            with contextlib.suppress(Exception):
-                await checkpoint
     if progress.end is not None and not stopped:
         return _result(plan, progress, started, status="complete", stream=stream), None
     if stopped:
@@ -316,17 +307,45 @@ async def _consume(
     return _result(plan, progress, started, status="error", code=error[0], stream=stream), error
 
 
+# Checkpoints: one task per event loop saves the partial answers of all its generations that have new
+# text, every CHAT_CHECKPOINT_INTERVAL seconds, in one transaction: with hundreds of streams, a write (and a
+# commit) per message every interval was a tenth of the process's CPU. It ends when no generation runs.
+_checkpointers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _ensure_checkpointer() -> None:
+    loop = asyncio.get_running_loop()
+    checkpointer = _checkpointers.get(loop)
+    if checkpointer is None or checkpointer.done():
+        _checkpointers[loop] = loop.create_task(
+            _checkpoint_periodically(), name="chat-checkpoints", context=contextvars.Context()
+        )
+
+
 @functools.partial(database_sync_to_async, thread_sensitive=False)  # see consumers.db
-def _checkpoint_write(message_id: str, content: str, last_seq: int) -> None:
-    services.message_checkpoint(message_id=message_id, content=content, last_seq=last_seq)
+def _checkpoints_write(rows: list[tuple[str, str, int]]) -> None:
+    services.message_checkpoints(rows=rows)
 
 
-async def _checkpoint(message_id: str, content: str, last_seq: int) -> None:
-    try:
-        await _checkpoint_write(message_id, content, last_seq)
-        await event_buffer().touch(message_id)
-    except Exception:  # a missed checkpoint costs nothing but durability; the final write follows
-        logger.warning("chat: checkpoint of message %s failed", message_id, exc_info=True)
+async def _checkpoint_periodically() -> None:
+    loop = asyncio.get_running_loop()
+    while any(generation.loop is loop for generation in _running.values()):
+        await asyncio.sleep(settings.CHAT_CHECKPOINT_INTERVAL)
+        rows = []
+        for generation in list(_running.values()):
+            progress = generation.progress
+            if generation.loop is not loop or progress is None or progress.ended:
+                continue
+            if progress.seq > generation.checkpointed_seq and progress.deltas:
+                rows.append((generation.plan.message_id, progress.content, progress.seq))
+                generation.checkpointed_seq = progress.seq
+        if rows:
+            try:
+                await _checkpoints_write(rows)
+            except Exception:  # a missed checkpoint costs nothing but durability; the final write follows
+                logger.warning("chat: checkpoint of %d messages failed", len(rows), exc_info=True)
 
 
 # --------------------------------------------------------------------------------------------------

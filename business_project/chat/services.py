@@ -2,7 +2,7 @@
 
 Generation itself (calling the model, streaming events) is ``realtime.py``; it calls the functions here
 at its start (``message_send``, ``message_regenerate``: validate, check the quota, write the rows in one
-transaction), at most every ``CHAT_CHECKPOINT_INTERVAL`` seconds (``message_checkpoint``) and once at its
+transaction), at most every ``CHAT_CHECKPOINT_INTERVAL`` seconds (``message_checkpoints``) and once at its
 end (``generation_finish``).
 """
 
@@ -118,17 +118,10 @@ def _next_position(conversation: Conversation) -> int:
     return 0 if last is None else last + 1
 
 
-def _start_answer(
-    *, user, conversation: Conversation, parent: Message, position: int, new_conversation: bool = False
-) -> tuple[Message, UsageRecord]:
-    # A new conversation has no answer streaming; for another, the caller holds its row lock.
-    if (
-        not new_conversation
-        and Message.objects.filter(conversation=conversation, status=MessageStatus.STREAMING).exists()
-    ):
-        raise ConversationBusy()
-    # One admission at a time per user (the row lock), so that two sends at once cannot both slip under
-    # the quota. The same statement reads the user's own limits, if they have any.
+def _admit(user) -> None:
+    """Lock the user's row and check their quota (``QuotaExceeded``). One admission at a time per user
+    (the row lock), so that two sends at once cannot both slip under the quota. The same statement reads
+    the user's own limits, if they have any."""
     own = UserQuota.objects.filter(user=OuterRef("pk"))
     locked = (
         get_user_model()
@@ -147,6 +140,24 @@ def _start_answer(
         user=user,
         own=UserQuota(user_id=user.pk, requests_per_minute=rpm, tokens_per_day=per_day) if has_own else None,
     )
+
+
+def _usage_create(*, user, conversation: Conversation, answer: Message) -> UsageRecord:
+    return UsageRecord.objects.create(
+        user=user,
+        conversation=conversation,
+        message=answer,
+        provider=conversation.provider,
+        model=conversation.model,
+    )
+
+
+def _start_answer(
+    *, user, conversation: Conversation, parent: Message, position: int
+) -> tuple[Message, UsageRecord]:
+    if Message.objects.filter(conversation=conversation, status=MessageStatus.STREAMING).exists():
+        raise ConversationBusy()
+    _admit(user)
     try:
         with transaction.atomic():
             answer = Message.objects.create(
@@ -160,14 +171,7 @@ def _start_answer(
             )
     except IntegrityError:  # another request started an answer in between (one streams at a time)
         raise ConversationBusy() from None
-    usage = UsageRecord.objects.create(
-        user=user,
-        conversation=conversation,
-        message=answer,
-        provider=conversation.provider,
-        model=conversation.model,
-    )
-    return answer, usage
+    return answer, _usage_create(user=user, conversation=conversation, answer=answer)
 
 
 def _plan(
@@ -216,22 +220,39 @@ def message_send(
     if model is not None:
         conversation.model = model
     conversation.save()
-    # A new conversation starts empty: its position and its context need no query.
-    position = 0 if new_conversation else _next_position(conversation)
-    if (
-        not new_conversation
-        and Message.objects.filter(conversation=conversation, status=MessageStatus.STREAMING).exists()
-    ):
+    if new_conversation:
+        # A new conversation starts empty: no position, context or busy answer to look up, and the
+        # question and the answer go in with one statement after the quota allows them.
+        _admit(user)
+        question = Message(conversation=conversation, position=0, role=MessageRole.USER, content=content)
+        answer = Message(
+            conversation=conversation,
+            position=1,
+            role=MessageRole.ASSISTANT,
+            status=MessageStatus.STREAMING,
+            parent=question,
+            provider=conversation.provider,
+            model=conversation.model,
+        )
+        Message.objects.bulk_create([question, answer])
+        usage = _usage_create(user=user, conversation=conversation, answer=answer)
+        return _plan(
+            user=user,
+            conversation=conversation,
+            answer=answer,
+            usage=usage,
+            parent=question,
+            client_ref=client_ref,
+            context=selectors.llm_context_of([(MessageRole.USER, content)]),
+        )
+    position = _next_position(conversation)
+    if Message.objects.filter(conversation=conversation, status=MessageStatus.STREAMING).exists():
         raise ConversationBusy()
     question = Message.objects.create(
         conversation=conversation, position=position, role=MessageRole.USER, content=content
     )
     answer, usage = _start_answer(
-        user=user,
-        conversation=conversation,
-        parent=question,
-        position=position + 1,
-        new_conversation=new_conversation,
+        user=user, conversation=conversation, parent=question, position=position + 1
     )
     return _plan(
         user=user,
@@ -240,7 +261,6 @@ def message_send(
         usage=usage,
         parent=question,
         client_ref=client_ref,
-        context=selectors.llm_context_of([(MessageRole.USER, content)]) if new_conversation else None,
     )
 
 
@@ -281,11 +301,16 @@ def message_regenerate(*, user, message_id, client_ref: str | None = None) -> Ge
 # During and after generation
 
 
-def message_checkpoint(*, message_id: str, content: str, last_seq: int) -> None:
-    """Save the partial answer of a streaming message (at most every CHAT_CHECKPOINT_INTERVAL s)."""
-    Message.objects.filter(pk=message_id, status=MessageStatus.STREAMING).update(
-        content=content, last_seq=last_seq, updated_at=timezone.now()
-    )
+@transaction.atomic
+def message_checkpoints(*, rows: list[tuple[str, str, int]]) -> None:
+    """Save the partial answers ``(message id, content, last seq)`` of streaming messages, in one
+    transaction (at most every CHAT_CHECKPOINT_INTERVAL s). A message that has ended meanwhile keeps its
+    final answer."""
+    now = timezone.now()
+    for message_id, content, last_seq in rows:
+        Message.objects.filter(pk=message_id, status=MessageStatus.STREAMING).update(
+            content=content, last_seq=last_seq, updated_at=now
+        )
 
 
 @dataclass(frozen=True)

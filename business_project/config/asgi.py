@@ -1,6 +1,7 @@
 """The business ASGI application: Django for HTTP, Channels for websockets (``/ws/…``)."""
 
 import os
+import sys
 
 from django.core.asgi import get_asgi_application
 
@@ -8,6 +9,14 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "business_project.config.setting
 
 # Django must be set up before anything imports models (consumers, auth middleware).
 django_asgi_app = get_asgi_application()
+
+from django.conf import settings  # noqa: E402
+
+# Database work runs in threads beside the event loop (chat admissions, final writes). A thread coming
+# back from a query waits for the interpreter lock until the loop thread lets go of it, up to the switch
+# interval (5 ms by default) each time: with a busy loop a ten-query admission waited ~40 ms for the lock
+# alone (bench/chat_stream.py). A shorter interval hands it over sooner.
+sys.setswitchinterval(settings.ASGI_SWITCH_INTERVAL_SECONDS)
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 

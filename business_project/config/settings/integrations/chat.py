@@ -46,3 +46,6 @@ CHAT_CHECKPOINT_INTERVAL = env.float("CHAT_CHECKPOINT_INTERVAL", default=2.0)
 CHAT_HEARTBEAT_INTERVAL = env.float("CHAT_HEARTBEAT_INTERVAL", default=15.0)
 # A message still "streaming" with no write for this long lost its generator (a killed process).
 CHAT_STALE_STREAM_AFTER = env.int("CHAT_STALE_STREAM_AFTER", default=600)
+# The interpreter's switch interval in the ASGI process (config/asgi.py says why it is shorter than
+# Python's 5 ms).
+ASGI_SWITCH_INTERVAL_SECONDS = env.float("ASGI_SWITCH_INTERVAL_SECONDS", default=0.0005)
