@@ -25,6 +25,12 @@ keep-alive connection per slot, as the ASGI process's pooled client does); a *we
 Rounds alternate direct, websocket, direct, websocket … after one warm-up pair, so both see the same
 machine; figures are medians over the measured rounds.
 
+The default stream is an answer of 256 tokens at 20 tokens/s (``--token-delay 50``): what one of 200
+concurrent streams gets from a served model (a GPU server shared by that many requests gives each 10-40
+tokens/s), so the process relays ~4,000 tokens/s and starts ~15 answers/s. The earlier default, 64
+tokens 5 ms apart (200 tokens/s per stream, ~35,000 tokens/s and ~540 new answers/s offered), is kept as a
+stress shape (``--tokens 64 --token-delay 5 --per-slot 5``): it measures where one process saturates.
+
 - Time to first token (TTFT): from writing the request (direct) or the ``send`` frame (websocket) to
   receiving the first token / ``delta``. *Added TTFT* of a websocket stream: its TTFT minus the median
   direct TTFT of the paired round; its p50 (the figure) and p95 per round, median over rounds.
@@ -615,13 +621,13 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", type=int, default=GOAL_STREAMS, help="concurrent streams (slots)")
     parser.add_argument(
-        "--per-slot", type=int, default=5, help="streams each slot runs back to back per round"
+        "--per-slot", type=int, default=2, help="streams each slot runs back to back per round"
     )
-    parser.add_argument("--tokens", type=int, default=64, help="tokens per answer")
+    parser.add_argument("--tokens", type=int, default=256, help="tokens per answer")
     parser.add_argument("--first-token-delay", type=float, default=50.0, help="ms before the first token")
-    parser.add_argument("--token-delay", type=float, default=5.0, help="ms between tokens")
+    parser.add_argument("--token-delay", type=float, default=50.0, help="ms between tokens")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds (direct and websocket each)")
-    parser.add_argument("--unloaded", type=int, default=20, help="streams of the one-slot rounds (0: none)")
+    parser.add_argument("--unloaded", type=int, default=5, help="streams of the one-slot rounds (0: none)")
     parser.add_argument("--idle", type=int, default=GOAL_IDLE, help="idle websockets to hold (0: none)")
     parser.add_argument("--hold", type=int, default=35, help="seconds to hold them (heartbeats every 15 s)")
     parser.add_argument("--clients", type=int, default=2, help="load-generator processes")
