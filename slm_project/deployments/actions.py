@@ -79,9 +79,12 @@ def action_deployment_create(
     _deployable_node(node)
     try:
         with transaction.atomic():
+            ordered = dependency_order(list(dict.fromkeys(roles)))
             deployment = Deployment.objects.create(
-                roles=dependency_order(list(dict.fromkeys(roles))),
+                roles=ordered,
                 strategy=Strategy.ALL_AT_ONCE,
+                # As the roles were deployed onto the node: a check or a restart acts on that.
+                extra_vars=services.node_role_variables(node_id=node.pk, roles=ordered),
                 requested_by=requested_by,
                 idempotency_key=idempotency_key,
             )

@@ -345,6 +345,8 @@ def _drift_deploy(*, drift: RoleDrift, node: Node) -> Deployment | None:
             roles=[role],
             requested_by=ACTOR,
             idempotency_key=drift_idempotency_key(drift=drift, desired_version=desired),
+            # As it was deployed there last, not with the defaults.
+            extra_vars=services.node_role_variables(node_id=node.pk, roles=[role]),
         )
     except APIException as exc:
         logger.warning("reconciler: cannot deploy %s onto %s: %s", role, node.name, exc.detail)

@@ -198,6 +198,28 @@ def _validate_strategy_options(strategy: str, options: dict[str, Any]) -> tuple[
     return batch_size, batch_percent
 
 
+def node_role_variables(*, node_id: Any, roles: list[str]) -> dict[str, Any]:
+    """The operator variables ``roles`` were last deployed with onto the node (each role's allowlisted
+    variables from its latest successful plain deploy there). Runs the SLM starts by itself (check-mode
+    runs, restarts, drift fixes) take them, so that they act on the node as it was deployed — e.g. a
+    check run of an ``llm`` deployed with ``llm_engine=llama_cpp`` checks that engine, not the default."""
+    wanted = {role: set(ROLES[role].variables) for role in roles if role in ROLES and ROLES[role].variables}
+    found: dict[str, dict[str, Any]] = {}
+    runs = (
+        DeploymentRun.objects.filter(
+            status=RunStatus.SUCCEEDED, deployment__action__isnull=True, deployment__nodes=node_id
+        )
+        .order_by("-finished_at")
+        .values_list("deployment__roles", "deployment__extra_vars")
+    )
+    for deployed_roles, extra_vars in runs.iterator():
+        for role in set(deployed_roles) & (wanted.keys() - found.keys()):
+            found[role] = {name: value for name, value in (extra_vars or {}).items() if name in wanted[role]}
+        if found.keys() == wanted.keys():
+            break
+    return {name: value for role in roles for name, value in found.get(role, {}).items()}
+
+
 def deployment_create(
     *,
     node_ids: list[Any],
