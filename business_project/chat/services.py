@@ -236,24 +236,18 @@ def message_send(
         )
         Message.objects.bulk_create([question, answer])
         usage = _usage_create(user=user, conversation=conversation, answer=answer)
-        return _plan(
-            user=user,
-            conversation=conversation,
-            answer=answer,
-            usage=usage,
-            parent=question,
-            client_ref=client_ref,
-            context=selectors.llm_context_of([(MessageRole.USER, content)]),
+        context = selectors.llm_context_of([(MessageRole.USER, content)])
+    else:
+        position = _next_position(conversation)
+        if Message.objects.filter(conversation=conversation, status=MessageStatus.STREAMING).exists():
+            raise ConversationBusy()
+        question = Message.objects.create(
+            conversation=conversation, position=position, role=MessageRole.USER, content=content
         )
-    position = _next_position(conversation)
-    if Message.objects.filter(conversation=conversation, status=MessageStatus.STREAMING).exists():
-        raise ConversationBusy()
-    question = Message.objects.create(
-        conversation=conversation, position=position, role=MessageRole.USER, content=content
-    )
-    answer, usage = _start_answer(
-        user=user, conversation=conversation, parent=question, position=position + 1
-    )
+        answer, usage = _start_answer(
+            user=user, conversation=conversation, parent=question, position=position + 1
+        )
+        context = None  # read by _plan
     return _plan(
         user=user,
         conversation=conversation,
@@ -261,6 +255,7 @@ def message_send(
         usage=usage,
         parent=question,
         client_ref=client_ref,
+        context=context,
     )
 
 
