@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 REPO_DIR = Path(__file__).resolve().parents[2]
-PACKAGES = ("slm_project", "business_project", "shared_contracts", "service_kit")
+PACKAGES = ("slm_project", "business_project", "shared_contracts", "service_kit", "workers")
 BIN_DIR = Path(sys.executable).parent
 
 

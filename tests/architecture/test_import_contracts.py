@@ -80,6 +80,10 @@ VIOLATIONS = [
         "service_kit is shared plumbing",
         {"service_kit.probes": "import slm_project"},
     ),
+    (
+        "The worker services run on their own nodes",
+        {"workers.jsonapi": "import django"},
+    ),
 ]
 
 
