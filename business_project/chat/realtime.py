@@ -154,17 +154,24 @@ class _Progress:
         return "".join(self.parts)
 
 
-# The stop listener of each event loop (weakly: a loop that is gone takes its listener with it).
-_listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task] = weakref.WeakKeyDictionary()
+# The background tasks of each event loop, by name (weakly: a loop that is gone takes its tasks along).
+_loop_tasks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Task]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _ensure_loop_task(name: str, work) -> None:
+    """Start ``work()`` as this loop's task ``name`` unless it runs already (in a fresh context: it must
+    not run in the context of the request that happened to start it)."""
+    loop = asyncio.get_running_loop()
+    tasks = _loop_tasks.setdefault(loop, {})
+    task = tasks.get(name)
+    if task is None or task.done():
+        tasks[name] = loop.create_task(work(), name=name, context=contextvars.Context())
 
 
 def _ensure_stop_listener() -> None:
-    loop = asyncio.get_running_loop()
-    listener = _listeners.get(loop)
-    if listener is None or listener.done():
-        _listeners[loop] = loop.create_task(
-            _listen_for_stops(), name="chat-stop-listener", context=contextvars.Context()
-        )
+    _ensure_loop_task("chat-stop-listener", _listen_for_stops)
 
 
 async def _listen_for_stops() -> None:
@@ -310,18 +317,8 @@ async def _consume(
 # Checkpoints: one task per event loop saves the partial answers of all its generations that have new
 # text, every CHAT_CHECKPOINT_INTERVAL seconds, in one transaction: with hundreds of streams, a write (and a
 # commit) per message every interval was a tenth of the process's CPU. It ends when no generation runs.
-_checkpointers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def _ensure_checkpointer() -> None:
-    loop = asyncio.get_running_loop()
-    checkpointer = _checkpointers.get(loop)
-    if checkpointer is None or checkpointer.done():
-        _checkpointers[loop] = loop.create_task(
-            _checkpoint_periodically(), name="chat-checkpoints", context=contextvars.Context()
-        )
+    _ensure_loop_task("chat-checkpoints", _checkpoint_periodically)
 
 
 @functools.partial(database_sync_to_async, thread_sensitive=False)  # see consumers.db
