@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from rest_framework.exceptions import ValidationError
 
 from business_project.accounts.choices import Scope
-from business_project.chat import events, realtime, selectors, services
+from business_project.chat import events, hotpath, realtime, selectors, services
 from business_project.chat.choices import MessageStatus
 from business_project.chat.frames import CLIENT_REF_MAX_LENGTH, FRAME_SERIALIZERS
 from business_project.chat.quotas import QuotaExceeded
@@ -29,11 +27,10 @@ from service_kit.errors import ServiceError
 
 logger = logging.getLogger(__name__)
 
-# The database work of frames runs in the loop's thread pool, each thread with its own connection, not
-# queued on asgiref's one thread: under load the admissions of many sockets then wait for PostgreSQL side
-# by side instead of one after another. Nothing here relies on the order of two frames' database work
-# (each runs in its own transaction, and a generation starts only after its admission commits).
-db = functools.partial(database_sync_to_async, thread_sensitive=False)
+# The database work of other frames runs in the loop's thread pool, each thread with its own connection
+# (hotpath.in_thread); nothing relies on the order of two frames' database work: each runs in its own
+# transaction, and a generation starts only after its admission commits.
+db = hotpath.in_thread
 
 # Close codes (4000-4999 are the application's): no or a refused credential, a credential without the
 # scope to read chats.
@@ -136,7 +133,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._error(events.INTERNAL_ERROR, "The server failed to handle the frame.", client_ref)
 
     async def frame_send(self, data, client_ref):
-        plan = await db(services.message_send)(
+        plan = await hotpath.message_send(
             user=self.user,
             content=data["content"],
             conversation_id=data.get("conversation_id"),

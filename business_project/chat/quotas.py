@@ -72,27 +72,57 @@ def quota_status(*, user, now: datetime | None = None, own: UserQuota | bool | N
     """The user's usage against their limits, counted in one query over the ledger (the rows since the
     earlier of a minute ago and midnight UTC). ``own`` as for ``quota_limits_of``."""
     now = now or datetime.now(UTC)
-    minute_ago, day_start = now - WINDOW, _day_start(now)
-    last_minute = Q(created_at__gt=minute_ago)
-    usage = UsageRecord.objects.filter(user=user, created_at__gte=min(minute_ago, day_start)).aggregate(
+    window = usage_window(now)
+    last_minute = Q(created_at__gt=window.minute_ago)
+    usage = UsageRecord.objects.filter(user=user, created_at__gte=window.since).aggregate(
         count=Count("id", filter=last_minute),
         oldest=Min("created_at", filter=last_minute),
-        tokens=Sum(F("prompt_tokens") + F("completion_tokens"), filter=Q(created_at__gte=day_start)),
+        tokens=Sum(F("prompt_tokens") + F("completion_tokens"), filter=Q(created_at__gte=window.day_start)),
     )
-    oldest = usage["oldest"]
-    return QuotaStatus(
+    return window.status(
         limits=quota_limits_of(user=user, own=own),
-        requests_last_minute=usage["count"] or 0,
-        tokens_today=usage["tokens"] or 0,
-        requests_reset_at=oldest + WINDOW if oldest else None,
-        tokens_reset_at=day_start + timedelta(days=1),
+        count=usage["count"],
+        oldest=usage["oldest"],
+        tokens=usage["tokens"],
     )
+
+
+@dataclass(frozen=True)
+class UsageWindow:
+    """The ledger rows a quota decision counts, as of ``now``: calls after ``minute_ago`` and tokens
+    since ``day_start``; ``since`` is the earlier of the two (the rows to read at all)."""
+
+    now: datetime
+    minute_ago: datetime
+    day_start: datetime
+
+    @property
+    def since(self) -> datetime:
+        return min(self.minute_ago, self.day_start)
+
+    def status(self, *, limits: QuotaLimits, count, oldest, tokens) -> QuotaStatus:
+        """The status from the counts over this window (``None`` counts: no rows)."""
+        return QuotaStatus(
+            limits=limits,
+            requests_last_minute=count or 0,
+            tokens_today=tokens or 0,
+            requests_reset_at=oldest + WINDOW if oldest else None,
+            tokens_reset_at=self.day_start + timedelta(days=1),
+        )
+
+
+def usage_window(now: datetime) -> UsageWindow:
+    return UsageWindow(now=now, minute_ago=now - WINDOW, day_start=_day_start(now))
 
 
 def quota_admit(*, user, now: datetime | None = None, own: UserQuota | bool | None = False) -> None:
     """Raise ``QuotaExceeded`` (with the time the limit resets) when one more call is over a limit."""
     now = now or datetime.now(UTC)
-    state = quota_status(user=user, now=now, own=own)
+    quota_check(quota_status(user=user, now=now, own=own), now=now)
+
+
+def quota_check(state: QuotaStatus, *, now: datetime) -> None:
+    """Raise ``QuotaExceeded`` when ``state`` leaves no room for one more call."""
     rpm, per_day = state.limits.requests_per_minute, state.limits.tokens_per_day
     if per_day is not None and state.tokens_today >= per_day:
         reset = state.tokens_reset_at

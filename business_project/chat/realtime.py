@@ -5,7 +5,7 @@ a client that disconnects does not stop it, a client that reconnects resumes it.
 to the message's buffer (``buffer.py``: Redis in production) and nowhere else; websocket consumers and
 the SSE endpoint read from the buffer (``events_read``), from the ``seq`` they have.
 
-The answer is written to the database once at the end (``services.generation_finish``), with a
+The answer is written to the database once at the end (``hotpath.generation_finish``), with a
 checkpoint at most every ``CHAT_CHECKPOINT_INTERVAL`` seconds while it streams — never per token (one
 transaction for all the generations of the process, ``_checkpoint_periodically``).
 
@@ -20,18 +20,16 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
-import functools
 import logging
 import time
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from business_project.chat import events, services
+from business_project.chat import events, hotpath
 from business_project.chat.buffer import BufferedEvent, BufferExpired, event_buffer
 from business_project.chat.choices import EventType, MessageStatus, StopReason, UsageOutcome
 from business_project.chat.services import GenerationPlan, GenerationResult
@@ -321,11 +319,6 @@ def _ensure_checkpointer() -> None:
     _ensure_loop_task("chat-checkpoints", _checkpoint_periodically)
 
 
-@functools.partial(database_sync_to_async, thread_sensitive=False)  # see consumers.db
-def _checkpoints_write(rows: list[tuple[str, str, int]]) -> None:
-    services.message_checkpoints(rows=rows)
-
-
 async def _checkpoint_periodically() -> None:
     loop = asyncio.get_running_loop()
     while any(generation.loop is loop for generation in _running.values()):
@@ -340,7 +333,7 @@ async def _checkpoint_periodically() -> None:
                 generation.checkpointed_seq = progress.seq
         if rows:
             try:
-                await _checkpoints_write(rows)
+                await hotpath.message_checkpoints(rows=rows)
             except Exception:  # a missed checkpoint costs nothing but durability; the final write follows
                 logger.warning("chat: checkpoint of %d messages failed", len(rows), exc_info=True)
 
@@ -400,9 +393,8 @@ def _result(
     )
 
 
-@functools.partial(database_sync_to_async, thread_sensitive=False)
-def _finish_write(plan: GenerationPlan, result: GenerationResult) -> bool:
-    return services.generation_finish(message_id=plan.message_id, usage_id=plan.usage_id, result=result)
+async def _finish_write(plan: GenerationPlan, result: GenerationResult) -> bool:
+    return await hotpath.generation_finish(message_id=plan.message_id, usage_id=plan.usage_id, result=result)
 
 
 async def _finish(plan: GenerationPlan, progress: _Progress, result: GenerationResult, error) -> None:

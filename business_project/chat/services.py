@@ -121,11 +121,13 @@ def _next_position(conversation: Conversation) -> int:
 def _admit(user) -> None:
     """Lock the user's row and check their quota (``QuotaExceeded``). One admission at a time per user
     (the row lock), so that two sends at once cannot both slip under the quota. The same statement reads
-    the user's own limits, if they have any."""
+    the user's own limits, if they have any. The lock is ``FOR NO KEY UPDATE``: a plain ``FOR UPDATE``
+    conflicts with the key-share lock an insert referencing the user (a conversation, a ledger row) takes,
+    so two admissions of one user could deadlock."""
     own = UserQuota.objects.filter(user=OuterRef("pk"))
     locked = (
         get_user_model()
-        .objects.select_for_update()
+        .objects.select_for_update(no_key=True)
         .filter(pk=user.pk)
         .annotate(
             has_own=Exists(own),

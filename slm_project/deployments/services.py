@@ -322,12 +322,16 @@ def deployment_run_claim(
             .first()
         )
         if run is None:
-            if not DeploymentRun.objects.filter(pk=run_id).exists():
+            # Locked by someone else: a claim in progress, or (after the claim) a lease renewal or a
+            # duplicate delivery looking at it. The committed status tells which refusal is true.
+            status = DeploymentRun.objects.filter(pk=run_id).values_list("status", "lease_owner").first()
+            if status is None:
                 raise NotFound(f"There is no deployment run {run_id}.")
+            if status[0] != RunStatus.QUEUED:
+                raise _already_started(run_id, *status)
             raise RunNotClaimable(f"Run {run_id} is being claimed by another worker.")
         if run.status != RunStatus.QUEUED:
-            held = f", held by {run.lease_owner}" if run.status == RunStatus.RUNNING else ""
-            raise RunNotClaimable(f"Run {run_id} is {run.status}{held}: a run is started only once.")
+            raise _already_started(run_id, run.status, run.lease_owner)
         now = timezone.now()
         deployment = run.deployment
         nodes = list(deployment.nodes.order_by("pk").values_list("pk", "name"))
@@ -367,6 +371,11 @@ def deployment_run_claim(
         logger.info("deployment run %s waits: %s", run_id, waiting.reason)
         raise waiting
     return Lease(run_id=run.pk, owner=owner, token=token)
+
+
+def _already_started(run_id: Any, status: str, lease_owner: str) -> RunNotClaimable:
+    held = f", held by {lease_owner}" if status == RunStatus.RUNNING else ""
+    return RunNotClaimable(f"Run {run_id} is {status}{held}: a run is started only once.")
 
 
 def _policy_refusal(deployment: Deployment, now: datetime) -> RunWaiting | None:

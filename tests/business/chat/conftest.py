@@ -2,19 +2,21 @@ import time
 
 import pytest
 
-from business_project.chat import realtime
+from business_project.chat import hotpath, realtime
 from tests.business.chat.factories import make_user, session_cookie
 
 
 @pytest.fixture(autouse=True)
 def _release_server_database_connections():
-    """Websocket consumers and generations use the database from asgiref's one shared worker thread; its
-    connection must not outlive a test (PostgreSQL cannot flush or drop a database that is in use)."""
+    """Websocket consumers and generations use the database from asgiref's one shared worker thread and
+    from the event loop's own connections (chat/hotpath.py); none may outlive a test (PostgreSQL cannot
+    flush or drop a database that is in use)."""
     yield
     from asgiref.sync import SyncToAsync
     from django.db import connections
 
     SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
+    hotpath.close_connections()
 
 
 @pytest.fixture

@@ -2,11 +2,13 @@
 buffer shared by processes (exactly once, in order), stops that reach another process, stale answers."""
 
 import asyncio
+import re
 import threading
 import time
 import uuid
 from datetime import timedelta
 
+import psycopg
 import pytest
 from asgiref.sync import SyncToAsync
 from django.db import connections
@@ -23,16 +25,29 @@ from tests.business.chat.wire import open_chat
 
 
 class UpdateCounter:
-    """Counts UPDATEs of chat messages on every database connection opened from now on (any thread)."""
+    """Counts UPDATEs of chat messages on every database connection opened from now on (any thread):
+    Django's (execute wrappers) and the event loop's own (``chat/hotpath.py``: psycopg's async execute)."""
 
-    def __init__(self):
+    statement = re.compile(r'\bUPDATE\s+"?chat_message"?\s', re.IGNORECASE)
+
+    def __init__(self, monkeypatch):
         self.updates: list[float] = []
         self.lock = threading.Lock()
+        execute = psycopg.AsyncConnection.execute
 
-    def wrapper(self, execute, sql, params, many, context):
-        if sql.lstrip().upper().startswith("UPDATE") and '"chat_message"' in sql:
+        async def counted(conn, query, *args, **kwargs):
+            self.count(query)
+            return await execute(conn, query, *args, **kwargs)
+
+        monkeypatch.setattr(psycopg.AsyncConnection, "execute", counted)
+
+    def count(self, sql):
+        if self.statement.search(str(sql)):
             with self.lock:
                 self.updates.append(time.monotonic())
+
+    def wrapper(self, execute, sql, params, many, context):
+        self.count(sql)
         return execute(sql, params, many, context)
 
     def install(self, sender, connection, **kwargs):
@@ -49,11 +64,11 @@ class UpdateCounter:
 
 
 def test_an_answer_is_written_once_with_checkpoints_at_most_every_two_seconds(
-    asgi_server, provider, alice, alice_cookie
+    asgi_server, provider, alice, alice_cookie, monkeypatch
 ):
     tokens = [f" t{i}" for i in range(64)]
     provider.script(tokens=tokens, token_delay=0.05)  # about 3.2 s of streaming
-    counter = UpdateCounter()
+    counter = UpdateCounter(monkeypatch)
     SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
     connection_created.connect(counter.install)
     seen_mid_stream = []

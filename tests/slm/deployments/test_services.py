@@ -1,7 +1,10 @@
 """Deployment requests and the executor's claim: bad input refused with a clear error, a run started
 once, and an executor that lost its run unable to write."""
 
+import threading
+
 import pytest
+from django.db import connection, transaction
 from rest_framework.exceptions import NotFound, ValidationError
 
 from service_kit.errors import Conflict
@@ -125,6 +128,42 @@ def test_a_run_is_started_once():
     assert (run.status, run.lease_owner, run.fencing_token) == (RunStatus.RUNNING, "worker-a", 1)
     with pytest.raises(NotFound):
         services.deployment_run_claim(run_id="00000000-0000-0000-0000-000000000000", owner="worker-b")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_locked_by_another_transaction_is_refused_for_what_it_is():
+    """A running run's row is locked now and then (a lease renewal, a duplicate delivery's own claim):
+    the refusal says the run has started, not that someone is claiming it."""
+    run = create(make_online_node()).runs.get()
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_row() -> None:
+        try:
+            with transaction.atomic():
+                DeploymentRun.objects.select_for_update().get(pk=run.pk)
+                locked.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    def refusal_while_locked() -> str:
+        locked.clear()
+        release.clear()
+        holder = threading.Thread(target=hold_the_row)
+        holder.start()
+        try:
+            assert locked.wait(10)
+            with pytest.raises(services.RunNotClaimable) as excinfo:
+                services.deployment_run_claim(run_id=run.pk, owner="worker-b")
+            return str(excinfo.value.detail)
+        finally:
+            release.set()
+            holder.join()
+
+    if connection.vendor == "postgresql":  # SQLite has no row locks: the claim would simply win
+        assert "is being claimed by another worker" in refusal_while_locked()
+    services.deployment_run_claim(run_id=run.pk, owner="worker-a")
+    assert "is running, held by worker-a: a run is started only once" in refusal_while_locked()
 
 
 def test_an_executor_that_lost_its_run_cannot_write():

@@ -44,6 +44,9 @@ CHAT_EVENT_BUFFER_REDIS_URL = env.str("CHAT_EVENT_BUFFER_REDIS_URL", default="")
 # A streaming answer is saved at most this often (seconds) before its final write.
 CHAT_CHECKPOINT_INTERVAL = env.float("CHAT_CHECKPOINT_INTERVAL", default=2.0)
 CHAT_HEARTBEAT_INTERVAL = env.float("CHAT_HEARTBEAT_INTERVAL", default=15.0)
+# On PostgreSQL, admissions, checkpoints and final writes of the websocket run on asynchronous connections
+# of the event loop (chat/hotpath.py says why); false runs them through the ORM in threads, as on SQLite.
+CHAT_HOT_PATH_ASYNC = env.bool("CHAT_HOT_PATH_ASYNC", default=True)
 # A message still "streaming" with no write for this long lost its generator (a killed process).
 CHAT_STALE_STREAM_AFTER = env.int("CHAT_STALE_STREAM_AFTER", default=600)
 # The interpreter's switch interval in the ASGI process (config/asgi.py says why it is shorter than
