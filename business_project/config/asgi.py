@@ -12,10 +12,11 @@ django_asgi_app = get_asgi_application()
 
 from django.conf import settings  # noqa: E402
 
-# Database work runs in threads beside the event loop (chat admissions, final writes). A thread coming
+# Some database work runs in threads beside the event loop (on SQLite all of the chat's; on PostgreSQL
+# what is not on chat/hotpath.py's async connections: regenerations, reads of frames). A thread coming
 # back from a query waits for the interpreter lock until the loop thread lets go of it, up to the switch
-# interval (5 ms by default) each time: with a busy loop a ten-query admission waited ~40 ms for the lock
-# alone (bench/chat_stream.py). A shorter interval hands it over sooner.
+# interval (5 ms by default) each time: with a busy loop a ten-query admission in a thread waited ~40 ms
+# for the lock alone (bench/chat_stream.py). A shorter interval hands it over sooner.
 sys.setswitchinterval(settings.ASGI_SWITCH_INTERVAL_SECONDS)
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

@@ -170,27 +170,28 @@ def test_deltas_reach_local_readers_at_once_and_redis_in_batched_entries(redis_u
         buffer = RedisEventBuffer(redis_url, prefix=f"test-{uuid.uuid4().hex}", ttl=60)
         remote = RedisEventBuffer(redis_url, prefix=buffer.prefix, ttl=60)  # another process
         message_id, other_id = str(uuid.uuid4()), str(uuid.uuid4())
-        pipelines = []
-        real_pipeline = buffer.redis.pipeline
+        flushes = []  # one command (the append script) per flush
+        real_append = buffer.append_script
 
-        def counting_pipeline(*args, **kwargs):
-            pipelines.append(1)
-            return real_pipeline(*args, **kwargs)
+        def counting_append(*, keys, args):
+            flushes.append(len(keys))
+            return real_append(keys=keys, args=args)
 
-        buffer.redis.pipeline = counting_pipeline
+        buffer.append_script = counting_append
         try:
             await buffer.publish(message_id, buffered(1, "message_start"))
             reader = buffer.read(message_id, 0)
             assert (await anext(reader)).seq == 1
-            pipelines.clear()
+            assert flushes == [1]
+            flushes.clear()
             # A local reader has a delta as soon as it is published, before Redis has it.
             await buffer.publish(message_id, buffered(2), wait=False)
             assert (await asyncio.wait_for(anext(reader), 0.001)).seq == 2
-            assert pipelines == []
+            assert flushes == []
             for seq in range(3, 12):
                 await buffer.publish(message_id, buffered(seq), wait=False)
             await buffer.publish(message_id, buffered(12, "message_end"))
-            assert len(pipelines) <= 2, pipelines  # ten deltas and the end: one or two round trips
+            assert 1 <= len(flushes) <= 2, flushes  # ten deltas and the end: one or two round trips
             seen = [event.seq async for event in reader]
             entries = await buffer.redis.xrange(buffer.key(message_id))
             # Another process reads every event once, from any seq, also from inside an entry.
@@ -235,6 +236,40 @@ def test_the_redis_buffer_expires(redis_url):
         return ttl
 
     assert asyncio.run(scenario()) == 1
+
+
+def test_the_redis_buffer_sets_a_lifetime_with_the_first_and_last_entries_and_renews_it_rarely(
+    redis_url, monkeypatch
+):
+    async def scenario():
+        buffer = RedisEventBuffer(redis_url, prefix=f"test-{uuid.uuid4().hex}", ttl=100)
+        message_id = str(uuid.uuid4())
+        key = buffer.key(message_id)
+        ttls = []
+        try:
+            await buffer.publish(message_id, buffered(1, "message_start"))
+            ttls.append(await buffer.redis.ttl(key))
+            await buffer.redis.expire(key, 50)
+            await buffer.publish(message_id, buffered(2, "delta"), wait=False)
+            await buffer.publish(message_id, buffered(3, "delta"))  # waits for the flush of both
+            ttls.append(await buffer.redis.ttl(key))  # not renewed by every entry
+            monkeypatch.setattr(chat_buffer, "EXPIRE_RENEW_SECONDS", 0.0)
+            await buffer.publish(message_id, buffered(4, "delta"))
+            ttls.append(await buffer.redis.ttl(key))  # renewed once the renewal is due
+            monkeypatch.undo()
+            await buffer.redis.expire(key, 50)
+            await buffer.publish(message_id, buffered(5, "message_end"))
+            ttls.append(await buffer.redis.ttl(key))  # the last entry sets it
+        finally:
+            await buffer.redis.delete(key)
+            await buffer.close()
+        return ttls
+
+    first, middle, renewed, last = asyncio.run(scenario())
+    assert first == 100
+    assert 45 <= middle <= 50
+    assert renewed == 100
+    assert last == 100
 
 
 def test_with_redis_configured_the_buffer_is_redis(settings):
