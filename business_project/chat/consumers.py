@@ -180,8 +180,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def _forward_events(self, message_id: str, after_seq: int, client_ref: str | None) -> None:
         try:
-            async for event in realtime.events_read(message_id, after_seq):
-                await self.send(text_data=event.data)
+            await realtime.events_forward(message_id, after_seq, self._send_event)
         except realtime.BufferExpired:
             await self._error(
                 events.BUFFER_EXPIRED,
@@ -200,6 +199,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     client_ref,
                     message_id=message_id,
                 )
+
+    def _send_event(self, event):
+        return self.send(text_data=event.data)
 
     async def _heartbeats(self) -> None:
         interval = settings.CHAT_HEARTBEAT_INTERVAL

@@ -43,7 +43,7 @@ STOP_MESSAGE_TYPE = "chat.generation.stop"
 # How long a stopped stream may take to let go of its read before it is cancelled.
 STOP_GRACE_SECONDS = 5.0
 
-__all__ = ["BufferExpired", "events_read", "generation_start", "generation_stop"]
+__all__ = ["BufferExpired", "events_forward", "events_read", "generation_start", "generation_stop"]
 
 
 # Every process listens on one channel-layer group for stops of generations it runs (``_stop_listener``):
@@ -122,6 +122,13 @@ async def generation_stop(message_id: str) -> None:
     layer = get_channel_layer()
     if layer is not None:
         await layer.group_send(STOP_GROUP, stop_message(message_id))
+
+
+async def events_forward(message_id: str, after_seq: int, deliver) -> None:
+    """Call ``deliver(event)`` (a coroutine function) for the events ``events_read`` would yield. While
+    this process generates the message, each runs as the event is published, in the generation's own
+    step (the buffer's ``_Follower``): one event-loop turn less per token for a websocket."""
+    await event_buffer().forward(str(message_id), after_seq, deliver)
 
 
 def events_read(message_id: str, after_seq: int = 0) -> AsyncIterator[BufferedEvent]:

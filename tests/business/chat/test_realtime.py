@@ -2,6 +2,7 @@
 buffer shared by processes (exactly once, in order), stops that reach another process, stale answers."""
 
 import asyncio
+import contextlib
 import re
 import threading
 import time
@@ -17,7 +18,13 @@ from django.utils import timezone
 
 from business_project.chat import buffer as chat_buffer
 from business_project.chat import realtime
-from business_project.chat.buffer import BufferedEvent, BufferExpired, MemoryEventBuffer, RedisEventBuffer
+from business_project.chat.buffer import (
+    BufferedEvent,
+    BufferExpired,
+    MemoryEventBuffer,
+    RedisEventBuffer,
+    _LocalLog,
+)
 from business_project.chat.choices import MessageStatus, UsageOutcome
 from business_project.chat.models import Conversation, Message, UsageRecord
 from business_project.chat.services import generation_reap_stale
@@ -270,6 +277,82 @@ def test_the_redis_buffer_sets_a_lifetime_with_the_first_and_last_entries_and_re
     assert 45 <= middle <= 50
     assert renewed == 100
     assert last == 100
+
+
+def test_followers_get_events_in_the_appenders_step_and_a_slow_one_never_holds_it_up():
+    async def scenario():
+        log = _LocalLog()
+        fast, slow, gate = [], [], asyncio.Event()
+
+        async def deliver_fast(event):
+            fast.append(event.seq)
+
+        async def deliver_slow(event):
+            if event.seq == 2:
+                await gate.wait()  # a client whose socket buffer is full
+                await asyncio.sleep(0)
+            slow.append(event.seq)
+
+        log.append(buffered(1, "message_start"))
+        following = [asyncio.ensure_future(log.follow(0, deliver_fast))]
+        following.append(asyncio.ensure_future(log.follow(0, deliver_slow)))
+        await asyncio.sleep(0)  # both caught up with seq 1 and follow now
+        assert (fast, slow) == ([1], [1])
+        for seq in range(2, 6):
+            log.append(buffered(seq))
+            assert fast[-1] == seq  # delivered within append, before the appender goes on
+        assert slow == [1]  # waiting; the appender was not held up
+        gate.set()
+        log.append(buffered(6, "message_end"))
+        outcomes = await asyncio.wait_for(asyncio.gather(*following), 5)
+        return fast, slow, outcomes, log.followers
+
+    fast, slow, outcomes, followers = asyncio.run(scenario())
+    assert fast == slow == [1, 2, 3, 4, 5, 6]
+    assert outcomes == [None, None]
+    assert followers == []
+
+
+def test_a_failing_or_cancelled_follower_ends_alone():
+    async def scenario():
+        log = _LocalLog()
+        good, cancelled_sends = [], []
+
+        async def deliver_good(event):
+            good.append(event.seq)
+
+        async def deliver_failing(event):
+            if event.seq == 2:
+                raise ConnectionResetError("the client went away")
+
+        async def deliver_stuck(event):
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled_sends.append(event.seq)
+                raise
+
+        log.append(buffered(1, "message_start"))
+        good_one = asyncio.ensure_future(log.follow(0, deliver_good))
+        failing = asyncio.ensure_future(log.follow(0, deliver_failing))
+        stuck = asyncio.ensure_future(log.follow(0, deliver_stuck))
+        await asyncio.sleep(0)
+        log.append(buffered(2))
+        log.append(buffered(3))
+        error = await asyncio.wait_for(failing, 5)
+        stuck.cancel()  # the socket closed: its pending send goes too
+        with contextlib.suppress(asyncio.CancelledError):
+            await stuck
+        await asyncio.sleep(0)
+        log.append(buffered(4, "message_end"))
+        return good, await asyncio.wait_for(good_one, 5), error, cancelled_sends, log.followers
+
+    good, good_outcome, error, cancelled_sends, followers = asyncio.run(scenario())
+    assert good == [1, 2, 3, 4]
+    assert good_outcome is None
+    assert isinstance(error, ConnectionResetError)
+    assert cancelled_sends == [1]
+    assert followers == []
 
 
 def test_with_redis_configured_the_buffer_is_redis(settings):
