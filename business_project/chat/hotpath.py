@@ -62,27 +62,12 @@ def on_postgresql() -> bool:
 # The entry points (each picks the path)
 
 
-async def message_send(*, user, content, conversation_id=None, provider=None, model=None, client_ref=None):
+async def message_send(**request) -> GenerationPlan:
+    """``services.message_send``, with the same keyword arguments."""
     if not on_postgresql():
-        return await in_thread(services.message_send)(
-            user=user,
-            content=content,
-            conversation_id=conversation_id,
-            provider=provider,
-            model=model,
-            client_ref=client_ref,
-        )
-    content = message_content_clean(content)
+        return await in_thread(services.message_send)(**request)
     async with _connection() as conn:
-        return await _send(
-            conn,
-            user=user,
-            content=content,
-            conversation_id=conversation_id,
-            provider=provider,
-            model=model,
-            client_ref=client_ref,
-        )
+        return await _send(conn, **request)
 
 
 async def message_checkpoints(*, rows: list[tuple[str, str, int]]) -> None:
@@ -175,7 +160,10 @@ TABLES = {
 _ASYNC_COMMIT = "SET LOCAL synchronous_commit TO off"
 
 
-async def _send(conn, *, user, content, conversation_id, provider, model, client_ref) -> GenerationPlan:
+async def _send(
+    conn, *, user, content, conversation_id=None, provider=None, model=None, client_ref=None
+) -> GenerationPlan:
+    content = message_content_clean(content)
     now = timezone.now()
     window = usage_window(now)
     new_conversation = conversation_id is None
