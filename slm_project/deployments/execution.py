@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 
 from slm_project.deployments import actions, bundles, selectors, services
 from slm_project.deployments.choices import RunStatus
@@ -455,21 +456,27 @@ def _canceled_reason(run: DeploymentRun) -> str:
 
 
 def _finish(lease: services.Lease, status: str, reason: str, watch: RunWatch, **fields: Any) -> str:
+    # The end and its follow-up commit together: whoever sees the run ended (an operator, the API, a
+    # test) sees its node decommissioned too, and a worker dying in between cannot leave one without
+    # the other.
     try:
-        run = services.deployment_run_finish(
-            lease=lease, status=status, reason=reason, emitted=watch.emitted, **fields
-        )
+        with transaction.atomic():
+            run = services.deployment_run_finish(
+                lease=lease, status=status, reason=reason, emitted=watch.emitted, **fields
+            )
+            _action_run_ended(run)
     except services.LeaseLost:
         logger.warning("run %s: lease lost before the end was written", lease.run_id)
         return RunStatus.LOST
-    _action_run_ended(run)
     return run.status
 
 
 def _action_run_ended(run: DeploymentRun) -> None:
-    """The node lifecycle's follow-up (a decommissioned node, an event); the run has ended either way."""
+    """The node lifecycle's follow-up (a decommissioned node, an event); the run has ended either way
+    (the follow-up runs in a savepoint: its failure does not undo the end)."""
     try:
-        actions.action_run_ended(run=run)
+        with transaction.atomic():
+            actions.action_run_ended(run=run)
     except Exception:
         logger.exception("run %s: the follow-up of its end failed", run.pk)
 

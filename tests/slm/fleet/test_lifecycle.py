@@ -5,10 +5,12 @@ themselves are in tests/slm/deployments/test_lifecycle_e2e.py)."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 import yaml
+from django.db import connection
 from rest_framework.exceptions import ValidationError
 
 from service_kit.errors import Conflict
@@ -84,6 +86,49 @@ def test_the_deployments_app_registers_the_lifecycle_runs():
 
 
 # --- decommission -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_executor_ends_a_run_and_its_follow_up_in_one_transaction(sent, monkeypatch):
+    """Whoever sees a decommission run succeeded sees its node decommissioned: the follow-up commits with
+    the run's end (from another connection, the run is still running while the follow-up works). A
+    follow-up that fails does not undo the end."""
+    node = make_enrolled_node()
+    fleet_services.node_decommission(node=node, confirm_name=node.name, actor="user:ops", reason="retired")
+    run = decommission_of(node).runs.get()
+    lease = services.deployment_run_claim(run_id=run.pk, owner="test-executor")
+    seen_elsewhere = []
+    follow_up = actions.action_run_ended
+
+    def observed(*, run):
+        def look() -> None:
+            try:
+                seen_elsewhere.append(DeploymentRun.objects.get(pk=run.pk).status)
+            finally:
+                connection.close()
+
+        reader = threading.Thread(target=look)
+        reader.start()
+        reader.join()
+        follow_up(run=run)
+
+    monkeypatch.setattr(actions, "action_run_ended", observed)
+    assert execution._finish(lease, RunStatus.SUCCEEDED, "", execution.RunWatch(lease)) == RunStatus.SUCCEEDED
+    assert seen_elsewhere == [RunStatus.RUNNING]
+    assert Node.objects.get(pk=node.pk).state == NodeState.DECOMMISSIONED
+
+    other = make_enrolled_node()
+    fleet_services.node_decommission(node=other, confirm_name=other.name, actor="user:ops")
+    run = decommission_of(other).runs.get()
+    lease = services.deployment_run_claim(run_id=run.pk, owner="test-executor")
+
+    def failing(*, run):
+        raise RuntimeError("the follow-up broke")
+
+    monkeypatch.setattr(actions, "action_run_ended", failing)
+    assert execution._finish(lease, RunStatus.SUCCEEDED, "", execution.RunWatch(lease)) == RunStatus.SUCCEEDED
+    assert DeploymentRun.objects.get(pk=run.pk).status == RunStatus.SUCCEEDED
+    assert Node.objects.get(pk=other.pk).state == NodeState.ONLINE
 
 
 def test_decommission_of_an_enrolled_node_queues_the_cleanup_and_keeps_the_node(sent):
