@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator
@@ -52,6 +53,8 @@ in_thread = functools.partial(database_sync_to_async, thread_sensitive=False)
 # Connections of one event loop's pool. Admissions take two round trips and final writes one, so a few
 # connections serve hundreds of streams; more would only queue inside PostgreSQL on the user's row lock.
 POOL_SIZE = 8
+# A pooled connection idle longer than this is checked (one round trip) before it is used.
+CHECK_IDLE_AFTER_SECONDS = 10.0
 
 
 def on_postgresql() -> bool:
@@ -294,30 +297,40 @@ async def _send(
 
 class _Pool:
     """At most ``size`` connections of one event loop, kept open between uses. A connection that
-    failed, or was left inside a transaction, is closed rather than reused."""
+    failed, or was left inside a transaction, is closed rather than reused. One that sat idle longer than
+    ``CHECK_IDLE_AFTER_SECONDS`` is checked first (as Django's ``CONN_HEALTH_CHECKS``): after a database
+    restart a stale connection is replaced instead of failing a user's frame."""
 
     def __init__(self, size: int) -> None:
         self.slots = asyncio.Semaphore(size)
-        self.idle: list[psycopg.AsyncConnection] = []
+        self.idle: list[tuple[psycopg.AsyncConnection, float]] = []  # with the time it went idle
 
     async def take(self) -> psycopg.AsyncConnection:
         while self.idle:
-            conn = self.idle.pop()
-            if not conn.closed and not conn.broken:
+            conn, idle_since = self.idle.pop()
+            if conn.closed or conn.broken:
+                continue
+            if time.monotonic() - idle_since < CHECK_IDLE_AFTER_SECONDS:
                 return conn
+            try:
+                await conn.execute("SELECT 1")
+            except psycopg.Error:
+                await conn.close()
+                continue
+            return conn
         return await psycopg.AsyncConnection.connect(**_connect_kwargs(), autocommit=True)
 
     def give_back(self, conn: psycopg.AsyncConnection) -> bool:
         status = conn.info.transaction_status
         if conn.closed or conn.broken or status != psycopg.pq.TransactionStatus.IDLE:
             return False
-        self.idle.append(conn)
+        self.idle.append((conn, time.monotonic()))
         return True
 
     def close_all(self) -> None:
         """Close the idle connections (synchronously: the loop may be gone)."""
         while self.idle:
-            self.idle.pop().pgconn.finish()
+            self.idle.pop()[0].pgconn.finish()
 
 
 _pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = weakref.WeakKeyDictionary()

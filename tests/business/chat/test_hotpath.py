@@ -9,6 +9,7 @@ import dataclasses
 import gc
 from datetime import timedelta
 
+import psycopg
 import pytest
 from django.db import connection
 from django.utils import timezone
@@ -313,3 +314,28 @@ def test_concurrent_sends_of_one_user_stay_within_the_quota(path, alice, setting
     assert sorted(outcomes).count("admitted") == 5
     assert UsageRecord.objects.count() == 5
     assert Message.objects.filter(role=MessageRole.ASSISTANT).count() == 5
+
+
+def test_a_pooled_connection_the_database_dropped_is_replaced(alice, settings, monkeypatch):
+    if connection.vendor != "postgresql":
+        pytest.skip("the asynchronous path is PostgreSQL's")
+    settings.CHAT_HOT_PATH_ASYNC = True
+
+    async def scenario():
+        first = await hotpath.message_send(user=alice, content="Before the restart")
+        (pool,) = [pool for pool in hotpath._pools.values() if pool.idle]
+        ((pooled, _),) = pool.idle
+        pid = pooled.info.backend_pid
+        database = hotpath._connect_kwargs()
+        async with await psycopg.AsyncConnection.connect(**database, autocommit=True) as admin:
+            await admin.execute("SELECT pg_terminate_backend(%s)", [pid])  # what a database restart does
+        monkeypatch.setattr(hotpath, "CHECK_IDLE_AFTER_SECONDS", 0.0)
+        second = await hotpath.message_send(user=alice, content="After the restart")
+        return first, second, pool.idle[0][0].info.backend_pid != pid
+
+    try:
+        first, second, replaced = asyncio.run(scenario())
+    finally:
+        hotpath.close_connections()
+    assert replaced
+    assert Message.objects.filter(pk__in=[first.message_id, second.message_id]).count() == 2
