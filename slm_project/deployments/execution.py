@@ -521,9 +521,7 @@ def _leads_run(pid: int, directory: Path) -> bool:
 
 def runs_reap() -> dict[str, int]:
     """The reaper's round: lost runs ended and retried, this host's orphans cleared, stale locks freed."""
-    reaped = services.deployment_runs_reap()
-    for run in reaped:
-        _action_run_ended(run)
+    reaped = services.deployment_runs_reap(follow_up=_action_run_ended)
     cleared = orphans_clear(host=socket.gethostname())
     freed = services.deployment_node_locks_expire()
     return {"lost": len(reaped), "orphans_cleared": cleared, "locks_freed": freed}

@@ -19,6 +19,7 @@ import logging
 import re
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -623,7 +624,9 @@ def deployment_run_process_group_record(*, lease: Lease, pgid: int) -> None:
 # The reaper: runs whose executor died
 
 
-def deployment_runs_reap(*, now: datetime | None = None) -> list[DeploymentRun]:
+def deployment_runs_reap(
+    *, now: datetime | None = None, follow_up: Callable[[DeploymentRun], None] | None = None
+) -> list[DeploymentRun]:
     """End every ``running`` run whose lease expired as ``lost``, with the reason; its steps and node roles
     are repaired, and the next attempt is queued (or, after ``RUN_MAX_ATTEMPTS``, the deployment fails).
 
@@ -631,7 +634,8 @@ def deployment_runs_reap(*, now: datetime | None = None) -> list[DeploymentRun]:
     (see ``execution.orphans_clear``), and the next attempt must not overlap it. They are freed by
     ``deployment_run_orphans_cleared`` or, for a host that never cleans up, by
     ``deployment_node_locks_expire``.
-    Each run is reaped in its own transaction, skipping a row another reaper holds.
+    Each run is reaped in its own transaction, skipping a row another reaper holds; ``follow_up(run)``
+    (the lifecycle's, see ``execution._finish``) runs in that transaction too.
     """
     now = now or timezone.now()
     expired = DeploymentRun.objects.filter(status=RunStatus.RUNNING, lease_expires_at__lt=now)
@@ -646,6 +650,8 @@ def deployment_runs_reap(*, now: datetime | None = None) -> list[DeploymentRun]:
             )
             if run is not None:
                 reaped.append(_reap(run, now))
+                if follow_up is not None:
+                    follow_up(reaped[-1])
     return reaped
 
 

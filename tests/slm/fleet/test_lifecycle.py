@@ -6,17 +6,20 @@ themselves are in tests/slm/deployments/test_lifecycle_e2e.py)."""
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import yaml
 from django.db import connection
+from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from service_kit.errors import Conflict
 from slm_project.access.services import api_client_create
 from slm_project.deployments import actions, execution, services
 from slm_project.deployments.choices import RunStatus
+from slm_project.deployments.constants import RUN_MAX_ATTEMPTS
 from slm_project.deployments.models import Deployment, DeploymentAction, DeploymentRun
 from slm_project.fleet import enrollment, lifecycle
 from slm_project.fleet import services as fleet_services
@@ -129,6 +132,39 @@ def test_the_executor_ends_a_run_and_its_follow_up_in_one_transaction(sent, monk
     assert execution._finish(lease, RunStatus.SUCCEEDED, "", execution.RunWatch(lease)) == RunStatus.SUCCEEDED
     assert DeploymentRun.objects.get(pk=run.pk).status == RunStatus.SUCCEEDED
     assert Node.objects.get(pk=other.pk).state == NodeState.ONLINE
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_reaper_ends_a_lost_run_and_its_follow_up_in_one_transaction(sent, monkeypatch):
+    node = make_enrolled_node()
+    fleet_services.node_decommission(node=node, confirm_name=node.name, actor="user:ops", reason="retired")
+    run = decommission_of(node).runs.get()
+    services.deployment_run_claim(run_id=run.pk, owner="dead-executor")
+    # The last attempt, and its executor died: the lease expired.
+    DeploymentRun.objects.filter(pk=run.pk).update(
+        attempt=RUN_MAX_ATTEMPTS, lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    seen_elsewhere = []
+    follow_up = actions.action_run_ended
+
+    def observed(*, run):
+        def look() -> None:
+            try:
+                seen_elsewhere.append(DeploymentRun.objects.get(pk=run.pk).status)
+            finally:
+                connection.close()
+
+        reader = threading.Thread(target=look)
+        reader.start()
+        reader.join()
+        follow_up(run=run)
+
+    monkeypatch.setattr(actions, "action_run_ended", observed)
+    assert execution.runs_reap()["lost"] == 1
+    assert seen_elsewhere == [RunStatus.RUNNING]
+    assert DeploymentRun.objects.get(pk=run.pk).status == RunStatus.LOST
+    assert NodeEvent.objects.filter(node=node, kind=EventKind.DECOMMISSION_FAILED).exists()
+    assert Node.objects.get(pk=node.pk).state == NodeState.ONLINE
 
 
 def test_decommission_of_an_enrolled_node_queues_the_cleanup_and_keeps_the_node(sent):
