@@ -91,16 +91,10 @@ def test_the_deployments_app_registers_the_lifecycle_runs():
 # --- decommission -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.django_db(transaction=True)
-def test_the_executor_ends_a_run_and_its_follow_up_in_one_transaction(sent, monkeypatch):
-    """Whoever sees a decommission run succeeded sees its node decommissioned: the follow-up commits with
-    the run's end (from another connection, the run is still running while the follow-up works). A
-    follow-up that fails does not undo the end."""
-    node = make_enrolled_node()
-    fleet_services.node_decommission(node=node, confirm_name=node.name, actor="user:ops", reason="retired")
-    run = decommission_of(node).runs.get()
-    lease = services.deployment_run_claim(run_id=run.pk, owner="test-executor")
-    seen_elsewhere = []
+def observe_the_follow_up(monkeypatch) -> list[str]:
+    """Before the lifecycle's follow-up of a run's end runs, another connection reads the run's status;
+    the statuses it saw are returned (appended as follow-ups run)."""
+    seen_elsewhere: list[str] = []
     follow_up = actions.action_run_ended
 
     def observed(*, run):
@@ -116,6 +110,19 @@ def test_the_executor_ends_a_run_and_its_follow_up_in_one_transaction(sent, monk
         follow_up(run=run)
 
     monkeypatch.setattr(actions, "action_run_ended", observed)
+    return seen_elsewhere
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_executor_ends_a_run_and_its_follow_up_in_one_transaction(sent, monkeypatch):
+    """Whoever sees a decommission run succeeded sees its node decommissioned: the follow-up commits with
+    the run's end (from another connection, the run is still running while the follow-up works). A
+    follow-up that fails does not undo the end."""
+    node = make_enrolled_node()
+    fleet_services.node_decommission(node=node, confirm_name=node.name, actor="user:ops", reason="retired")
+    run = decommission_of(node).runs.get()
+    lease = services.deployment_run_claim(run_id=run.pk, owner="test-executor")
+    seen_elsewhere = observe_the_follow_up(monkeypatch)
     assert execution._finish(lease, RunStatus.SUCCEEDED, "", execution.RunWatch(lease)) == RunStatus.SUCCEEDED
     assert seen_elsewhere == [RunStatus.RUNNING]
     assert Node.objects.get(pk=node.pk).state == NodeState.DECOMMISSIONED
@@ -144,22 +151,7 @@ def test_the_reaper_ends_a_lost_run_and_its_follow_up_in_one_transaction(sent, m
     DeploymentRun.objects.filter(pk=run.pk).update(
         attempt=RUN_MAX_ATTEMPTS, lease_expires_at=timezone.now() - timedelta(seconds=1)
     )
-    seen_elsewhere = []
-    follow_up = actions.action_run_ended
-
-    def observed(*, run):
-        def look() -> None:
-            try:
-                seen_elsewhere.append(DeploymentRun.objects.get(pk=run.pk).status)
-            finally:
-                connection.close()
-
-        reader = threading.Thread(target=look)
-        reader.start()
-        reader.join()
-        follow_up(run=run)
-
-    monkeypatch.setattr(actions, "action_run_ended", observed)
+    seen_elsewhere = observe_the_follow_up(monkeypatch)
     assert execution.runs_reap()["lost"] == 1
     assert seen_elsewhere == [RunStatus.RUNNING]
     assert DeploymentRun.objects.get(pk=run.pk).status == RunStatus.LOST
