@@ -112,3 +112,21 @@ def test_the_cache_key_follows_the_package_list(monkeypatch):
     key = isolated.root_cache_key()
     monkeypatch.setattr(isolated, "ROOT_PACKAGES", (*isolated.ROOT_PACKAGES, "nginx"))
     assert isolated.root_cache_key() != key
+
+
+def test_removing_a_build_directory_unmounts_what_is_mounted_below_it_first(tmp_path):
+    reason = isolated.missing_capability()
+    if reason:
+        isolated.unavailable(reason)
+    build = tmp_path / "root.building-1"
+    (build / "root" / "proc").mkdir(parents=True)
+    (build / "root" / "mnt").mkdir()
+    outside = tmp_path / "this-machine"
+    outside.mkdir()
+    (outside / "precious").write_text("keep")
+    subprocess.run(["mount", "-t", "proc", "proc", str(build / "root" / "proc")], check=True)
+    subprocess.run(["mount", "--bind", str(outside), str(build / "root" / "mnt")], check=True)
+    isolated.remove_tree(build)
+    assert not build.exists()
+    assert (outside / "precious").read_text() == "keep"  # not deleted through the bind mount
+    assert str(build) not in Path("/proc/self/mounts").read_text()
