@@ -78,8 +78,7 @@ async def message_checkpoints(*, rows: list[tuple[str, str, int]]) -> None:
         await in_thread(services.message_checkpoints)(rows=rows)
         return
     ids, contents, seqs = zip(*rows, strict=True)
-    async with _connection() as conn, conn.pipeline(), conn.transaction():
-        await conn.execute(_ASYNC_COMMIT)
+    async with _connection() as conn, _write(conn):
         await conn.execute(
             "UPDATE chat_message AS m SET content = v.content, last_seq = v.last_seq, updated_at = %s"
             " FROM unnest(%s::uuid[], %s::text[], %s::integer[]) AS v(id, content, last_seq)"
@@ -96,8 +95,7 @@ async def generation_finish(*, message_id: str, usage_id: int, result: Generatio
     now = timezone.now()
     provider = result.provider or result.provider_id
     async with _connection() as conn:
-        async with conn.pipeline(), conn.transaction():
-            await conn.execute(_ASYNC_COMMIT)
+        async with _write(conn):
             written = await conn.execute(
                 "WITH m AS (UPDATE chat_message SET content = %(content)s, status = %(status)s,"
                 " stop_reason = %(stop_reason)s, error_code = %(error_code)s, provider = %(provider)s,"
@@ -127,8 +125,7 @@ async def generation_finish(*, message_id: str, usage_id: int, result: Generatio
             await conn.execute(
                 "UPDATE chat_usagerecord SET provider = %s, model = %s, prompt_tokens = %s,"
                 " completion_tokens = %s, tokens_estimated = %s, time_to_first_token_ms = %s, total_ms = %s,"
-                " outcome = %s,"
-                " error_code = %s, finished_at = %s WHERE id = %s AND outcome = %s",
+                " outcome = %s, error_code = %s, finished_at = %s WHERE id = %s AND outcome = %s",
                 [
                     provider,
                     result.model,
@@ -160,7 +157,15 @@ TABLES = {
     "chat_userquota": UserQuota,
     "accounts_user": get_user_model(),
 }
-_ASYNC_COMMIT = "SET LOCAL synchronous_commit TO off"
+
+
+@contextlib.asynccontextmanager
+async def _write(conn: psycopg.AsyncConnection) -> AsyncIterator[None]:
+    """One transaction in pipeline mode (its statements go out together; a fetch waits for what came
+    before it), committed without waiting for the WAL flush (see the module's docstring)."""
+    async with conn.pipeline(), conn.transaction():
+        await conn.execute("SET LOCAL synchronous_commit TO off")
+        yield
 
 
 async def _send(
@@ -171,8 +176,7 @@ async def _send(
     window = usage_window(now)
     new_conversation = conversation_id is None
     try:
-        async with conn.pipeline(), conn.transaction():
-            await conn.execute(_ASYNC_COMMIT)
+        async with _write(conn):
             # First round trip: every lock and read, in the order services.message_send takes them (the
             # conversation, then the user), so the two paths cannot deadlock each other.
             if not new_conversation:

@@ -2,8 +2,9 @@
 
 A generation runs as an asyncio task of the ASGI process that admitted it, independent of any socket:
 a client that disconnects does not stop it, a client that reconnects resumes it. It publishes each event
-to the message's buffer (``buffer.py``: Redis in production) and nowhere else; websocket consumers and
-the SSE endpoint read from the buffer (``events_read``), from the ``seq`` they have.
+to the message's buffer (``buffer.py``: Redis in production) and nowhere else; websocket consumers
+(``events_forward``) and the SSE endpoint (``events_read``) read it from the buffer, from the ``seq``
+they have.
 
 The answer is written to the database once at the end (``hotpath.generation_finish``), with a
 checkpoint at most every ``CHAT_CHECKPOINT_INTERVAL`` seconds while it streams — never per token (one
