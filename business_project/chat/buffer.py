@@ -130,7 +130,7 @@ class _Follower:
 
     def _send(self, event: BufferedEvent) -> None:
         try:
-            rest = _run_eagerly(self.deliver(event))
+            rest = run_eagerly(self.deliver(event))
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # the delivery's own failure: the appender (a generation) goes on
@@ -161,7 +161,7 @@ class _Follower:
             self.finished.set_result(error)
 
 
-def _run_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Future | None:
+def run_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Future | None:
     """Run ``coro`` in the caller's step until it first waits: None when it finished without waiting,
     else a task that runs the rest (what Python 3.12's eager tasks do; this runs on 3.11)."""
     try:

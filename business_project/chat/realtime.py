@@ -31,7 +31,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from business_project.chat import events, hotpath
-from business_project.chat.buffer import BufferedEvent, BufferExpired, event_buffer
+from business_project.chat.buffer import BufferedEvent, BufferExpired, event_buffer, run_eagerly
 from business_project.chat.choices import EventType, MessageStatus, StopReason, UsageOutcome
 from business_project.chat.services import GenerationPlan, GenerationResult
 from business_project.llm.events import LlmError, NoProviderAvailable, StreamBroken, TextDelta
@@ -271,30 +271,28 @@ async def _consume(
     plan = generation.plan
     buffer = event_buffer()
 
-    async def pump() -> None:
-        async for event in stream:
-            if type(event) is TextDelta:
-                progress.seq += 1
-                progress.parts.append(event.text)
-                progress.deltas += 1
-                if progress.first_token_at is None:
-                    progress.first_token_at = time.monotonic()
-                data = events.encode(
-                    events.delta(message_id=plan.message_id, seq=progress.seq, text=event.text)
-                )
-                # Not waiting for Redis: the next token is read while the buffer's flusher writes.
-                await buffer.publish(
-                    plan.message_id, BufferedEvent(progress.seq, EventType.DELTA, data), wait=False
-                )
-            else:
-                progress.end = event
+    def on_event(event):
+        # Called by the stream in the socket's callback, as each event arrives (LlmStream.follow).
+        if type(event) is TextDelta:
+            progress.seq += 1
+            progress.parts.append(event.text)
+            progress.deltas += 1
+            if progress.first_token_at is None:
+                progress.first_token_at = time.monotonic()
+            data = events.encode(events.delta(message_id=plan.message_id, seq=progress.seq, text=event.text))
+            # Not waiting for Redis: the next token is read while the buffer's flusher writes. A publish
+            # that has to wait (the flusher is far behind) holds the stream until it is done.
+            delta = BufferedEvent(progress.seq, EventType.DELTA, data)
+            return run_eagerly(buffer.publish(plan.message_id, delta, wait=False))
+        progress.end = event
+        return None
 
-    pumping = asyncio.ensure_future(pump())
+    pumping = asyncio.ensure_future(stream.follow(on_event))
     stopped = False
     try:
         await asyncio.wait({pumping, stop}, return_when=asyncio.FIRST_COMPLETED)
         if not pumping.done():
-            # Stop: closing the stream cancels the upstream request and ends the read pump() waits on.
+            # Stop: closing the stream cancels the upstream request and ends the following.
             stopped = True
             await stream.aclose()
             try:

@@ -1,4 +1,4 @@
-"""The wire protocols of LLM servers, over httpx (the app's only httpx user).
+"""The protocols of LLM servers: requests, stream parsers, health probes.
 
 - **Ollama**: ``POST {base}/api/chat`` answers NDJSON, one JSON object per line, the last with
   ``"done": true`` and the token counts; ``GET {base}/api/tags`` lists the models (the health probe).
@@ -7,26 +7,20 @@
   last chunk with the usage. ``GET {base}/v1/models`` is the probe. ``/v1`` is added to a base URL that
   does not end with it.
 
-Parsers are plain classes fed the raw bytes httpx hands over: ``feed(chunk)`` returns the events in it
+Parsers are plain classes fed the body's bytes as they arrive: ``feed(chunk)`` returns the events in it
 (``TextDelta`` per content chunk, one ``RawEnd``), ``finish()`` is called at the end of the body. Anything
 that is not the protocol raises ``ProtocolError``; an error the server reports inside the stream raises
 ``ServerReportedError``. No per-chunk logging, no per-chunk allocation beyond the event itself.
 
-Pooled ``httpx.AsyncClient`` per event loop, HTTP/1.1 (``client_lease()``): an ASGI process has one loop,
-so its streams share these pools. Several clients, each taking at most ``STREAMS_PER_CLIENT`` streams
-at a time, the first with room first: httpcore walks every connection of a pool (with a ``poll`` of each
-idle socket) when a request starts and when a response ends, so with one pool for a few hundred
-concurrent streams choosing a connection cost more CPU than the whole rest of the stream (half the
-process's time in bench/chat_stream.py). A caller streaming alone still reuses one connection.
+The chat requests go out through ``wire.py`` (HTTP/1.1, kept-alive connections per event loop, the
+answer parsed in the socket's callback); the health probes through httpx.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
-import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -34,7 +28,7 @@ from typing import Any, NamedTuple
 import httpx
 from django.conf import settings
 
-from business_project.llm import network
+from business_project.llm import wire
 from business_project.llm.choices import ProviderKind
 from business_project.llm.constants import ERROR_TEXT_MAX_LENGTH, HEALTH_MODELS_RECORDED
 from business_project.llm.events import TextDelta
@@ -93,74 +87,23 @@ def describe_exception(exc: BaseException, secrets: Iterable[str | None] = ()) -
 # --------------------------------------------------------------------------------------------------
 # Clients
 
-STREAMS_PER_CLIENT = 32
-
-
-class ClientLease:
-    """A stream's share of one pooled client; ``release()`` (once the response is closed) frees it."""
-
-    __slots__ = ("_index", "_pool", "client")
-
-    def __init__(self, pool: _ClientPool, index: int) -> None:
-        self._pool: _ClientPool | None = pool
-        self._index = index
-        self.client = pool.clients[index]
-
-    def release(self) -> None:
-        if self._pool is not None:
-            self._pool.in_flight[self._index] -= 1
-            self._pool = None
-
-
-class _ClientPool:
-    def __init__(self) -> None:
-        self.clients: list[httpx.AsyncClient] = []
-        self.in_flight: list[int] = []
-
-    def lease(self) -> ClientLease:
-        index = next((i for i, count in enumerate(self.in_flight) if count < STREAMS_PER_CLIENT), None)
-        if index is None:
-            if len(self.clients) * STREAMS_PER_CLIENT < settings.LLM_HTTP_MAX_CONNECTIONS:
-                self.clients.append(new_http_client())
-                self.in_flight.append(0)
-                index = len(self.clients) - 1
-            else:  # at the connection limit: the least busy client queues the request
-                index = min(range(len(self.clients)), key=self.in_flight.__getitem__)
-        if self.clients[index].is_closed:
-            self.clients[index] = new_http_client()
-        self.in_flight[index] += 1
-        return ClientLease(self, index)
-
-
-_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ClientPool] = weakref.WeakKeyDictionary()
-
 
 def new_http_client() -> httpx.AsyncClient:
+    """A client for the health probes (the chat requests go through ``wire.py``)."""
     limits = httpx.Limits(
         max_connections=settings.LLM_HTTP_MAX_CONNECTIONS,
-        max_keepalive_connections=min(settings.LLM_HTTP_MAX_KEEPALIVE_CONNECTIONS, STREAMS_PER_CLIENT),
+        max_keepalive_connections=settings.LLM_HTTP_MAX_KEEPALIVE_CONNECTIONS,
         keepalive_expiry=30.0,
     )
     # Timeouts are set per request from the provider's settings.
     return httpx.AsyncClient(
-        transport=network.http_transport(limits), timeout=httpx.Timeout(30.0), follow_redirects=False
+        limits=limits, timeout=httpx.Timeout(30.0), follow_redirects=False, trust_env=False
     )
 
 
-def client_lease() -> ClientLease:
-    """A share of one of the running event loop's pooled clients (made on first use)."""
-    loop = asyncio.get_running_loop()
-    pool = _pools.get(loop)
-    if pool is None:
-        pool = _pools[loop] = _ClientPool()
-    return pool.lease()
-
-
 async def close_http_client() -> None:
-    """Close the running loop's clients (tests, or a lifespan shutdown); the next use makes new ones."""
-    pool = _pools.pop(asyncio.get_running_loop(), None)
-    for client in pool.clients if pool is not None else ():
-        await client.aclose()
+    """Close the running loop's chat connections (tests, or a shutdown); the next request opens new ones."""
+    wire.close_connections()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -227,19 +170,9 @@ def chat_body(
     }
 
 
-def build_chat_request(
-    client: httpx.AsyncClient,
-    *,
-    kind: str,
-    base_url: str,
-    api_key: str | None,
-    body: dict[str, Any],
-    timeout: httpx.Timeout,
-) -> httpx.Request:
+def chat_headers(kind: str, api_key: str | None) -> dict[str, str]:
     accept = "application/x-ndjson" if kind == ProviderKind.OLLAMA else "text/event-stream"
-    return client.build_request(
-        "POST", chat_url(kind, base_url), json=body, headers=_headers(api_key, accept), timeout=timeout
-    )
+    return {**_headers(api_key, accept), "Content-Type": "application/json"}
 
 
 async def read_error(response: httpx.Response, secrets: Iterable[str | None] = ()) -> str:
@@ -252,6 +185,11 @@ async def read_error(response: httpx.Response, secrets: Iterable[str | None] = (
                 break
     except httpx.HTTPError:
         pass
+    return error_reason(response.status_code, body, secrets)
+
+
+def error_reason(status: int, body: bytes, secrets: Iterable[str | None] = ()) -> str:
+    """``HTTP 503: <the server's message>`` from an error answer's status and (the start of its) body."""
     message = ""
     try:
         data = json.loads(body)
@@ -265,7 +203,7 @@ async def read_error(response: httpx.Response, secrets: Iterable[str | None] = (
             message = str(error)
         elif isinstance(data, dict) and data.get("detail"):
             message = str(data["detail"])
-    return scrub(f"HTTP {response.status_code}" + (f": {message}" if message.strip() else ""), secrets)
+    return scrub(f"HTTP {status}" + (f": {message}" if message.strip() else ""), secrets)
 
 
 # --------------------------------------------------------------------------------------------------

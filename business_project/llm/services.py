@@ -30,8 +30,8 @@ before this one). ``await stream.aclose()`` cancels the upstream request at once
 closed; the server sees the client leave); iteration then ends without a ``StreamEnd``. ``async with
 stream:`` closes on exit.
 
-Cost per token: no database access, no logging, one shared ``httpx.AsyncClient`` per event loop. The
-provider chain is a per-process snapshot (``business_project.llm.chain``) refreshed every
+Cost per token: no database access, no logging; connections are kept alive per event loop (``wire.py``).
+The provider chain is a per-process snapshot (``business_project.llm.chain``) refreshed every
 ``LLM_PROVIDER_CACHE_SECONDS``; writes here drop it at once in this process.
 """
 

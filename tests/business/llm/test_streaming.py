@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from business_project.llm import clients
+from business_project.llm import wire
 from business_project.llm.events import (
     InvalidLlmRequest,
     NoProviderAvailable,
@@ -395,33 +395,175 @@ def test_the_connection_goes_back_to_the_pool_even_when_the_caller_stops_at_the_
     assert scripted_llm.disconnects == []
 
 
-def test_many_concurrent_streams_spread_over_pooled_clients_and_give_their_share_back(scripted_llm):
-    """One pool per ``STREAMS_PER_CLIENT`` concurrent streams (httpcore scans its whole pool per
-    request), the first with room first; every stream's share comes back when it ends or is closed."""
+def test_concurrent_streams_each_have_a_connection_and_give_it_back_unless_stopped(scripted_llm):
+    """A stream read to its end leaves its connection idle in the pool for the next request; a stream
+    stopped early closes its own (the server sees the client go); the next streams reuse the idle ones."""
     scripted_llm.script(tokens=["a", "b", "c"], token_delay=0.2)
     scripted_llm.register_provider()
-    count = clients.STREAMS_PER_CLIENT + 8
+    count = 40
 
     async def go():
         streams = await asyncio.gather(*(open_stream(messages=MESSAGES) for _ in range(count)))
-        pool = clients._pools[asyncio.get_running_loop()]
-        during = list(pool.in_flight)
+        during = wire.pool_state()
         for stream in streams[:5]:
             await stream.aclose()  # stopped early
         for stream in streams[5:]:
             async for _ in stream:  # read to the end
                 pass
-        after = list(pool.in_flight)
-        # Streaming alone again takes the first client, whose connections are there to reuse.
-        stream = await open_stream(messages=MESSAGES)
-        first = stream._lease.client is pool.clients[0]
-        await stream.aclose()
-        return during, after, first
+        await asyncio.sleep(0.05)
+        after = wire.pool_state()
+        again = await asyncio.gather(*(open_stream(messages=MESSAGES) for _ in range(10)))
+        for stream in again:
+            await stream.aclose()
+        return during, after
 
-    during, after, first = run(go)
-    assert during == [clients.STREAMS_PER_CLIENT, 8]
-    assert after == [0, 0]
-    assert first
+    during, after = run(go)
+    assert during == {"open": count, "idle": 0}
+    assert after == {"open": count - 5, "idle": count - 5}
+    assert scripted_llm.connections == count  # the ten later requests went out on kept-alive connections
+    assert len(scripted_llm.disconnects) >= 5
+
+
+# --------------------------------------------------------------------------------------------------
+# Following: events handed over in the socket's callback
+
+
+def follow_all(follower_factory, **script) -> tuple:
+    """Open a stream and ``follow`` it with ``follower_factory(stream, events)``; the events and what
+    ``follow`` raised (or None)."""
+
+    async def go():
+        stream = await open_stream(messages=MESSAGES)
+        events: list = []
+        try:
+            await stream.follow(follower_factory(stream, events))
+        except Exception as exc:
+            return events, exc
+        return events, None
+
+    return run(go)
+
+
+def test_a_follower_gets_every_event_in_order_where_the_bytes_arrive(scripted_llm):
+    scripted_llm.script(tokens=["one", " two", " three", " four"], token_delay=0.02)
+    scripted_llm.register_provider()
+
+    def follower(stream, events):
+        def on_event(event):
+            # In a protocol callback no task runs; only the token read before follow() (the first, which
+            # open_stream waited for) is handed over inside follow()'s own task.
+            events.append((event, asyncio.current_task() is None))
+
+        return on_event
+
+    events, error = follow_all(follower)
+
+    assert error is None
+    assert texts([event for event, _ in events]) == ["one", " two", " three", " four"]
+    assert_one_end_last([event for event, _ in events])
+    assert [in_callback for _, in_callback in events] == [False, True, True, True, True]
+
+
+def test_a_follower_that_asks_to_wait_gets_nothing_more_until_that_is_done(scripted_llm):
+    scripted_llm.script(tokens=[f"t{i}" for i in range(6)], token_delay=0.02)
+    scripted_llm.register_provider()
+    released = {}
+
+    def follower(stream, events):
+        def on_event(event):
+            events.append((event, time.monotonic()))
+            if len(events) == 2:
+                released["at"] = time.monotonic() + 0.4
+                return asyncio.sleep(0.4)  # meanwhile the other tokens arrive, and wait
+            return None
+
+        return on_event
+
+    events, error = follow_all(follower)
+
+    assert error is None
+    assert texts([event for event, _ in events]) == [f"t{i}" for i in range(6)]
+    assert_one_end_last([event for event, _ in events])
+    third_at = events[2][1]
+    assert third_at >= released["at"] - 0.01
+
+
+def test_a_follower_that_raises_closes_the_stream_and_follow_raises_it(scripted_llm):
+    scripted_llm.script(tokens=[f"t{i}" for i in range(20)], token_delay=0.05)
+    scripted_llm.register_provider()
+
+    def follower(stream, events):
+        def on_event(event):
+            events.append(event)
+            if len(events) == 3:
+                raise ValueError("the reader failed")
+
+        return on_event
+
+    events, error = follow_all(follower)
+
+    assert isinstance(error, ValueError)
+    assert texts(events) == ["t0", "t1", "t2"]
+    disconnect = scripted_llm.wait_for_disconnect(2.0)
+    assert disconnect.tokens_sent < 10
+
+
+def test_a_wait_that_fails_closes_the_stream_and_follow_raises_its_error(scripted_llm):
+    scripted_llm.script(tokens=[f"t{i}" for i in range(20)], token_delay=0.05)
+    scripted_llm.register_provider()
+
+    async def refuse():
+        await asyncio.sleep(0.01)
+        raise ConnectionError("the buffer went away")
+
+    def follower(stream, events):
+        def on_event(event):
+            events.append(event)
+            return refuse() if len(events) == 2 else None
+
+        return on_event
+
+    events, error = follow_all(follower)
+
+    assert isinstance(error, ConnectionError)
+    assert texts(events) == ["t0", "t1"]
+    scripted_llm.wait_for_disconnect(2.0)
+
+
+def test_a_followed_stream_that_breaks_raises_stream_broken_and_counts(scripted_llm):
+    scripted_llm.script(tokens=["one", " two", " three", " four"], drop_after=2, token_delay=0.02)
+    provider = scripted_llm.register_provider()
+
+    def follower(stream, events):
+        return events.append
+
+    events, error = follow_all(follower)
+
+    assert isinstance(error, StreamBroken)
+    assert "RemoteProtocolError" in error.reason
+    assert texts(events) == ["one", " two"]
+    assert not any(isinstance(event, StreamEnd) for event in events)
+    provider.refresh_from_db()
+    assert provider.consecutive_failures == 1
+
+
+def test_aclose_while_followed_ends_follow_without_an_end(scripted_llm):
+    scripted_llm.script(tokens=["a", "b", "c"], token_delay=5.0)
+    scripted_llm.register_provider()
+
+    async def go():
+        stream = await open_stream(messages=MESSAGES)
+        events: list = []
+        following = asyncio.ensure_future(stream.follow(events.append))
+        await asyncio.sleep(0.1)
+        await stream.aclose()
+        await asyncio.wait_for(following, 1.0)
+        await asyncio.to_thread(scripted_llm.wait_for_disconnect, 1.0)
+        return events
+
+    started = time.monotonic()
+    assert run(go) == [TextDelta("a")]
+    assert time.monotonic() - started < 2.0
 
 
 # --------------------------------------------------------------------------------------------------
