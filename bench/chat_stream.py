@@ -568,7 +568,13 @@ def serve_asgi_profiled(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: None)
     yappi.set_clock_type("cpu")
     yappi.start(builtins=False)
-    uvicorn.run("business_project.config.asgi:application", host="127.0.0.1", port=args.port, lifespan="off")
+    uvicorn.run(
+        "business_project.config.asgi:application",
+        host="127.0.0.1",
+        port=args.port,
+        lifespan="off",
+        ws_per_message_deflate=False,
+    )
     yappi.stop()
     stats = yappi.get_func_stats()
     out = Path(args.profile)
@@ -965,6 +971,7 @@ class Bench:
             # As the Procfile's business-web.
             command = [sys.executable, "-m", "uvicorn", "business_project.config.asgi:application"]
             command += ["--host", "127.0.0.1", "--port", str(self.asgi_port), "--lifespan", "off"]
+            command += ["--ws-per-message-deflate", "false"]
         # The server holds the idle sockets, the stream sockets and its upstream connections.
         self.asgi = Process("asgi", command, self.business_env(), self.var_dir / "asgi.log")
         if self.args.profile:
@@ -1154,8 +1161,8 @@ def main() -> int:
         bench.start_asgi()
         profiled = " under yappi" if args.profile else ""
         server = (
-            f"uvicorn business_project.config.asgi (as the Procfile: uvloop, httptools, websockets-sansio, "
-            f"access log on){profiled}"
+            "uvicorn business_project.config.asgi (as the Procfile: uvloop, httptools, websockets-sansio, "
+            f"no permessage-deflate, access log on){profiled}"
         )
         say(f"server: one {server}, pid {bench.asgi.pid}; scripted LLM server pid {bench.llm.pid}")
         bench.start_clients()
