@@ -21,7 +21,8 @@ LLM_HEALTH_RETENTION_DAYS = env.int("LLM_HEALTH_RETENTION_DAYS", default=7)
 # chat request costs no database query; changes made in another process show after at most this.
 LLM_PROVIDER_CACHE_SECONDS = env.float("LLM_PROVIDER_CACHE_SECONDS", default=5.0)
 
-# One pooled HTTP client per event loop.
+# Connections to one LLM server (per origin) of each event loop (llm/wire.py): open at most, and kept
+# alive when idle at most. A request beyond the first limit waits for a connection.
 LLM_HTTP_MAX_CONNECTIONS = env.int("LLM_HTTP_MAX_CONNECTIONS", default=1000)
 LLM_HTTP_MAX_KEEPALIVE_CONNECTIONS = env.int("LLM_HTTP_MAX_KEEPALIVE_CONNECTIONS", default=200)
 
