@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from business_project.llm import wire
+from business_project.llm import streaming, wire
 from business_project.llm.events import (
     InvalidLlmRequest,
     NoProviderAvailable,
@@ -422,6 +422,31 @@ def test_concurrent_streams_each_have_a_connection_and_give_it_back_unless_stopp
     assert after == {"open": count - 5, "idle": count - 5}
     assert scripted_llm.connections == count  # the ten later requests went out on kept-alive connections
     assert len(scripted_llm.disconnects) >= 5
+
+
+def test_a_reader_far_behind_stops_the_socket_being_read_until_it_catches_up(scripted_llm, monkeypatch):
+    monkeypatch.setattr(streaming, "PENDING_LIMIT", 4)
+    scripted_llm.script(tokens=[f"t{i}" for i in range(30)], token_delay=0.005)
+    scripted_llm.register_provider()
+
+    async def go():
+        stream = await open_stream(messages=MESSAGES)
+        await asyncio.sleep(0.5)  # every token has been sent; the reader has read none
+        connection = stream._exchange.connection
+        paused_while_behind = connection.reading_paused
+        held = len(stream._pending)
+        events = [event async for event in stream]
+        await asyncio.sleep(0.05)
+        return paused_while_behind, held, events, connection.reading_paused, wire.pool_state()
+
+    paused_while_behind, held, events, paused_after, pool = run(go)
+
+    assert paused_while_behind
+    assert 5 <= held <= 10  # the limit, and what the last reads before the pause held
+    assert texts(events) == [f"t{i}" for i in range(30)]
+    assert_one_end_last(events)
+    assert not paused_after
+    assert pool == {"open": 1, "idle": 1}
 
 
 # --------------------------------------------------------------------------------------------------
