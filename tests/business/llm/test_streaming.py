@@ -395,6 +395,35 @@ def test_the_connection_goes_back_to_the_pool_even_when_the_caller_stops_at_the_
     assert scripted_llm.disconnects == []
 
 
+@pytest.mark.parametrize(("end_delay", "kept"), [(0.1, True), (2.0, False)], ids=["soon", "never"])
+def test_closed_at_its_end_a_stream_waits_briefly_for_the_body_to_end_to_keep_its_connection(
+    scripted_llm, monkeypatch, end_delay, kept
+):
+    """The end event can arrive before the body's last bytes (the chunked terminator): a stream closed
+    right after its end keeps the connection if those bytes follow within ``DRAIN_SECONDS``, and drops
+    it (the server sees the client go) if they do not."""
+    monkeypatch.setattr(streaming, "DRAIN_SECONDS", 0.5)
+    scripted_llm.script(tokens=["a", "b"], end_delay=end_delay)
+    scripted_llm.register_provider()
+
+    async def go():
+        stream = await open_stream(messages=MESSAGES)
+        events = [event async for event in stream]
+        await stream.aclose()
+        at_close = wire.pool_state()
+        await asyncio.sleep(0.8)
+        return events, at_close, wire.pool_state()
+
+    events, at_close, later = run(go)
+
+    assert texts(events) == ["a", "b"]
+    assert_one_end_last(events)
+    assert at_close == {"open": 1, "idle": 0}  # not closed at once
+    assert later == ({"open": 1, "idle": 1} if kept else {"open": 0, "idle": 0})
+    if not kept:
+        scripted_llm.wait_for_disconnect(2.0)
+
+
 def test_concurrent_streams_each_have_a_connection_and_give_it_back_unless_stopped(scripted_llm):
     """A stream read to its end leaves its connection idle in the pool for the next request; a stream
     stopped early closes its own (the server sees the client go); the next streams reuse the idle ones."""
