@@ -405,6 +405,8 @@ class _Pool:
         self.open[origin] += 1
         try:
             connection = await self._connect(origin, timeouts, ssl_context)
+            if connection.lost:  # closed before it was a member: forget() did not count it down
+                raise httpx.ConnectError("the server closed the connection as it opened")
         except BaseException:
             self.open[origin] -= 1
             self._wake(origin)
