@@ -146,8 +146,8 @@ class LlmStream:
         self._failure = exc
         self._exchange.close()
         self._wake()
-        if self._follower is not None and self._blocked is None and not self._pending:
-            self._finish_following()
+        if self._follower is not None:
+            self._drain_pending()  # hands over what came before the failure, then ends the following
 
     def _arrived(self, events: list) -> None:
         if self._follower is not None and self._blocked is None and not self._pending:
@@ -319,8 +319,8 @@ class LlmStream:
         self._close_exchange()
         self._pending.clear()
         self._wake()
-        if self._follower is not None and self._blocked is None:
-            self._finish_following()
+        if self._follower is not None:
+            self._drain_pending()  # nothing is pending any more: ends the following unless it waits
 
     async def __aenter__(self) -> LlmStream:
         return self
