@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import functools
 
-from channels.auth import AuthMiddlewareStack
+from channels.auth import AuthMiddleware
 from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
 from channels.security.websocket import AllowedHostsOriginValidator
+from channels.sessions import CookieMiddleware, InstanceSessionWrapper, SessionMiddleware
 from django.contrib.auth.models import AnonymousUser
 
 from business_project.accounts.selectors import scopes_of
@@ -81,5 +82,21 @@ class OriginOrTokenValidator:
         return await self.validated(scope, receive, send)
 
 
+class WebsocketSessionMiddleware(SessionMiddleware):
+    """Channels' ``SessionMiddleware`` for websockets: it puts the session in the scope the same way but
+    hands the consumer the server's own ``send``. Channels wraps ``send`` to save a modified session when
+    an HTTP response starts, which a websocket never sends; the wrapper only cost every frame a look at
+    the session (a chat answer is a frame per token). A consumer that changes the session saves it
+    itself, as it had to before."""
+
+    async def __call__(self, scope, receive, send):
+        wrapper = InstanceSessionWrapper(scope, send)
+        await wrapper.resolve_session()
+        return await self.inner(wrapper.scope, receive, send)
+
+
 def websocket_auth_stack(application):
-    return OriginOrTokenValidator(AuthMiddlewareStack(TokenAuthMiddleware(application)))
+    session_auth = CookieMiddleware(
+        WebsocketSessionMiddleware(AuthMiddleware(TokenAuthMiddleware(application)))
+    )
+    return OriginOrTokenValidator(session_auth)

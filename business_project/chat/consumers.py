@@ -201,7 +201,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 )
 
     def _send_event(self, event):
-        return self.send(text_data=event.data)
+        # The server's send itself, not through ``self.send`` and its two layers of coroutines: this
+        # runs once per token (the event's text is its JSON already).
+        return self.base_send({"type": "websocket.send", "text": event.data})
 
     async def _heartbeats(self) -> None:
         interval = settings.CHAT_HEARTBEAT_INTERVAL

@@ -9,6 +9,7 @@ import websockets
 from django.utils import timezone
 
 from business_project.accounts.models import ApiToken
+from business_project.accounts.websocket import websocket_auth_stack
 from tests.business.chat.factories import make_token, make_user, session_cookie
 from tests.business.chat.wire import open_chat
 
@@ -97,3 +98,34 @@ def test_a_read_only_token_cannot_send(asgi_server):
         return event
 
     assert asyncio.run(scenario())["code"] == "permission_denied"
+
+
+def test_a_session_socket_sends_through_the_servers_own_send():
+    # Channels' session middleware wraps send to save sessions when an HTTP response starts; a websocket
+    # never starts one, and every frame of an answer paid for the wrapper (a frame per token).
+    user = make_user("sam")
+    seen = {}
+
+    async def inner(scope, receive, send):
+        seen["user"], seen["send"] = scope["user"], send
+
+    async def server_send(message):
+        raise AssertionError("nothing is sent")
+
+    async def receive():
+        return {"type": "websocket.connect"}
+
+    scope = {
+        "type": "websocket",
+        "path": "/ws/chat/",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"origin", b"http://testserver"),
+            (b"cookie", session_cookie(user).encode()),
+        ],
+        "subprotocols": [],
+    }
+    asyncio.run(websocket_auth_stack(inner)(scope, receive, server_send))
+
+    assert seen["send"] is server_send
+    assert seen["user"].pk == user.pk
