@@ -22,6 +22,7 @@ import asyncio
 import collections
 import contextlib
 import functools
+import json
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -209,21 +210,24 @@ class _Resume:
 # an event a few milliseconds after a reader here: a resume reads from the seq it has, so it waits for
 # what Redis does not have yet and never gets an event twice.
 FLUSH_INTERVAL_SECONDS = 0.005
-# One flush is ONE command: this script appends an entry to each message's stream (KEYS), with ARGV the
-# TTL, then per key the entry id, its types, its data and whether to set the lifetime. A pipeline of an
-# XADD per message cost the process a command to pack and a reply to parse per token under load (a fifth
-# of its CPU in bench/chat_stream.py). Each key's outcome comes back on its own: 0, or the error of its
-# XADD (an id not above the stream's last), which fails that message only. (All keys of one flush in one
-# script: a Redis Cluster would refuse it across slots; the chat's Redis is one server.)
+# One flush is ONE command: this script appends an entry to each message's stream (KEYS). ARGV[1] is the
+# TTL, ARGV[2] a JSON array with, per key, the entry id, its types, its data and whether to set the
+# lifetime. A pipeline of an XADD per message cost the process a command to pack and a reply to parse per
+# token under load (a fifth of its CPU in bench/chat_stream.py); four arguments per key still left
+# redis-py's packing of them a fifth of the process's CPU, where one JSON text is one C call. Each key's
+# outcome comes back on its own: 0, or the error of its XADD (an id not above the stream's last), which
+# fails that message only. (All keys of one flush in one script: a Redis Cluster would refuse it across
+# slots; the chat's Redis is one server.)
 APPEND_SCRIPT = """
+local entries = cjson.decode(ARGV[2])
 local outcomes = {}
 for i, key in ipairs(KEYS) do
-    local at = 2 + (i - 1) * 4
-    local added = redis.pcall('XADD', key, ARGV[at], 't', ARGV[at + 1], 'd', ARGV[at + 2])
+    local entry = entries[i]
+    local added = redis.pcall('XADD', key, entry[1], 't', entry[2], 'd', entry[3])
     if type(added) == 'table' and added.err then
         outcomes[i] = added.err
     else
-        if ARGV[at + 3] == '1' then
+        if entry[4] == 1 then
             redis.call('EXPIRE', key, ARGV[1])
         end
         outcomes[i] = 0
@@ -231,6 +235,7 @@ for i, key in ipairs(KEYS) do
 end
 return outcomes
 """
+_ENTRIES_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 # A streaming message's key has its lifetime renewed this often (and set with its first and last entry).
 EXPIRE_RENEW_SECONDS = 60.0
 # Beyond this many queued events a publisher waits for the flusher (Redis slower than the providers).
@@ -269,6 +274,17 @@ class RedisEventBuffer:
         """Hand ``event`` to this process's readers and queue it for Redis. With ``wait`` (the first and
         last events of a message), return once Redis has it; without, at once — a failed write then
         raises from the message's next publish."""
+        done = self._enqueue(message_id, event, wait=wait)
+        if done is not None:
+            await done
+
+    def publish_nowait(self, message_id: str, event: BufferedEvent) -> asyncio.Future | None:
+        """``publish(..., wait=False)`` as a plain call, for the generation's per-token step (no coroutine
+        to create and run): None, or — when the flusher is far behind — a future to await before the
+        next event. Raises as ``publish`` does."""
+        return self._enqueue(message_id, event, wait=False)
+
+    def _enqueue(self, message_id: str, event: BufferedEvent, *, wait: bool) -> asyncio.Future | None:
         error = self.failed.get(message_id)
         if error is not None:
             if event.type == END:
@@ -284,7 +300,7 @@ class RedisEventBuffer:
             self.flusher = asyncio.ensure_future(self._flush())
         if done is not None:
             self.flush_now.set()
-            await done
+        return done
 
     async def _flush(self) -> None:
         while self.queued:
@@ -299,7 +315,7 @@ class RedisEventBuffer:
                 entries.setdefault(message_id, []).append((event, done))
             now = time.monotonic()
             keys: list[str] = []
-            args: list[str | int] = [self.ttl]
+            appended: list[tuple[str, str, str, int]] = []
             for message_id, events in entries.items():
                 # The lifetime is set with the first entry and the last, and renewed in between once per
                 # EXPIRE_RENEW_SECONDS: the key outlives its last event by the TTL, and an entry costs no
@@ -310,13 +326,16 @@ class RedisEventBuffer:
                 if expire:
                     self.expire_set_at[message_id] = now
                 keys.append(self.key(message_id))
-                args += [
-                    f"{events[-1][0].seq}-0",
-                    "\n".join(event.type for event, _ in events),
-                    "\n".join(event.data for event, _ in events),
-                    1 if expire else 0,
-                ]
+                appended.append(
+                    (
+                        f"{events[-1][0].seq}-0",
+                        "\n".join(event.type for event, _ in events),
+                        "\n".join(event.data for event, _ in events),
+                        1 if expire else 0,
+                    )
+                )
             try:
+                args = [self.ttl, _ENTRIES_ENCODER.encode(appended)]
                 results = await self.append_script(keys=keys, args=args)
             except Exception as exc:  # the connection failed: nothing of the batch is known to be written
                 results = [exc] * len(keys)
@@ -452,6 +471,9 @@ class MemoryEventBuffer:
         async with log.changed:
             log.events.append(event)
             log.changed.notify_all()
+
+    def publish_nowait(self, message_id: str, event: BufferedEvent) -> asyncio.Future | None:
+        return run_eagerly(self.publish(message_id, event))
 
     def forget(self, message_id: str) -> None:
         pass  # the log lives until it expires: resumes read it

@@ -227,6 +227,31 @@ def test_deltas_reach_local_readers_at_once_and_redis_in_batched_entries(redis_u
     assert remote_from_5 == list(range(6, 13))
 
 
+def test_another_process_reads_each_events_text_exactly_as_published(redis_url):
+    texts = [
+        '{"text":"quote \\" back\\\\slash"}',
+        '{"text":"line\\nbreak \\u0000 tab\\t"}',
+        '{"text":"Hé ✓ 😀 \u2028 \u00a0"}',
+        '{"text":"' + "x" * 20_000 + '"}',
+    ]
+
+    async def scenario():
+        buffer = RedisEventBuffer(redis_url, prefix=f"test-{uuid.uuid4().hex}", ttl=60)
+        remote = RedisEventBuffer(redis_url, prefix=buffer.prefix, ttl=60)
+        message_id = str(uuid.uuid4())
+        try:
+            await buffer.publish(message_id, BufferedEvent(1, "message_start", texts[0]))
+            for seq, text in enumerate(texts[1:], start=2):
+                await buffer.publish(message_id, BufferedEvent(seq, "delta", text), wait=False)
+            await buffer.publish(message_id, BufferedEvent(len(texts) + 1, "message_end", texts[0]))
+            return [event.data async for event in remote.read(message_id, 0)]
+        finally:
+            await buffer.close()
+            await remote.close()
+
+    assert asyncio.run(scenario()) == [*texts, texts[0]]
+
+
 def test_the_redis_buffer_expires(redis_url):
     async def scenario():
         buffer = RedisEventBuffer(redis_url, prefix=f"test-{uuid.uuid4().hex}", ttl=1)
