@@ -31,7 +31,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from business_project.chat import events, hotpath
-from business_project.chat.buffer import BufferedEvent, BufferExpired, event_buffer, run_eagerly
+from business_project.chat.buffer import BufferedEvent, BufferExpired, event_buffer
 from business_project.chat.choices import EventType, MessageStatus, StopReason, UsageOutcome
 from business_project.chat.services import GenerationPlan, GenerationResult
 from business_project.llm.events import LlmError, NoProviderAvailable, StreamBroken, TextDelta
@@ -270,6 +270,7 @@ async def _consume(
 ):
     plan = generation.plan
     buffer = event_buffer()
+    encode_delta = events.delta_encoder(plan.message_id)
 
     def on_event(event):
         # Called by the stream in the socket's callback, as each event arrives (LlmStream.follow).
@@ -279,11 +280,10 @@ async def _consume(
             progress.deltas += 1
             if progress.first_token_at is None:
                 progress.first_token_at = time.monotonic()
-            data = events.encode(events.delta(message_id=plan.message_id, seq=progress.seq, text=event.text))
+            delta = BufferedEvent(progress.seq, EventType.DELTA, encode_delta(progress.seq, event.text))
             # Not waiting for Redis: the next token is read while the buffer's flusher writes. A publish
             # that has to wait (the flusher is far behind) holds the stream until it is done.
-            delta = BufferedEvent(progress.seq, EventType.DELTA, data)
-            return run_eagerly(buffer.publish(plan.message_id, delta, wait=False))
+            return buffer.publish_nowait(plan.message_id, delta)
         progress.end = event
         return None
 

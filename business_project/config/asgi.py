@@ -1,5 +1,6 @@
 """The business ASGI application: Django for HTTP, Channels for websockets (``/ws/…``)."""
 
+import gc
 import os
 import sys
 
@@ -32,3 +33,8 @@ application = ProtocolTypeRouter(
         "websocket": websocket_auth_stack(URLRouter(websocket_urlpatterns)),
     }
 )
+
+# What is loaded by now (Django, the apps, their modules) lives as long as the process: out of the
+# collector's sight, a collection walks only what the requests and streams make (a full collection
+# walked all of it, a pause of the event loop that every token in flight waited for).
+gc.freeze()

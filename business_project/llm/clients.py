@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import httpx
+import orjson
 from django.conf import settings
 
 from business_project.llm import wire
@@ -210,6 +211,28 @@ def error_reason(status: int, body: bytes, secrets: Iterable[str | None] = ()) -
 # Stream parsers
 
 
+def loads(data: bytes) -> Any:
+    """A streamed chunk's JSON. orjson reads one in a fifth of ``json``'s time (once per token); what it
+    refuses and ``json`` accepts (NaN, a lone surrogate escaped in a string) is read by ``json``. (orjson
+    reads an integer beyond 64 bits as a float, which no count of tokens is.) Raises ValueError."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
+def _text(content: str) -> str:
+    """A chunk's text as UTF-8 can carry it: JSON may escape half of a surrogate pair alone, which no
+    websocket frame or database row can hold; it becomes U+FFFD, as a browser decodes it."""
+    if content.isascii():
+        return content
+    try:
+        content.encode()
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in content)
+    return content
+
+
 def _lines(parser: _LineParser, chunk: bytes) -> list[bytes]:
     buffer = parser.buffer + chunk if parser.buffer else chunk
     lines = buffer.split(b"\n")
@@ -240,7 +263,7 @@ class NdjsonParser(_LineParser):
             if self.ended or not line.strip():
                 continue
             try:
-                data = json.loads(line)
+                data = loads(line)
             except ValueError:
                 raise ProtocolError("a line that is not JSON") from None
             if not isinstance(data, dict):
@@ -256,7 +279,7 @@ class NdjsonParser(_LineParser):
                     if not isinstance(content, str):
                         raise ProtocolError("a chunk whose content is not text")
                     self.chunks += 1
-                    events.append(TextDelta(content))
+                    events.append(TextDelta(_text(content)))
             if data.get("done") is True:
                 self.ended = True
                 events.append(
@@ -305,7 +328,7 @@ class SseParser(_LineParser):
             events.append(self._end())
             return
         try:
-            data = json.loads(payload)
+            data = loads(payload)
         except ValueError:
             raise ProtocolError("an event whose data is not JSON") from None
         if not isinstance(data, dict):
@@ -326,7 +349,7 @@ class SseParser(_LineParser):
                 if not isinstance(content, str):
                     raise ProtocolError("a chunk whose content is not text")
                 self.chunks += 1
-                events.append(TextDelta(content))
+                events.append(TextDelta(_text(content)))
             if choice.get("finish_reason"):
                 self.finish_reason = str(choice["finish_reason"])
         if isinstance(data.get("usage"), dict):

@@ -4,7 +4,7 @@ token; ``LlmStream`` then hands out the rest. The failover over a chain is ``ser
 The answer's bytes are parsed where they arrive (``wire.py``: in the socket's callback). A reader either
 iterates (``async for event in stream``: a task wakes up per read) or follows (``await stream.follow(f)``:
 each event is handed to ``f`` in that same callback, with no task wake-up per token). Per token the
-work is one ``json.loads`` and one ``TextDelta``: no database, no logging, no task or future.
+work is one JSON parse (``clients.loads``) and one ``TextDelta``: no database, no logging, no task or future.
 """
 
 from __future__ import annotations

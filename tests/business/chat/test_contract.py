@@ -86,6 +86,16 @@ def test_the_event_builders_follow_the_schema():
     check_event(events.heartbeat())
 
 
+@pytest.mark.parametrize("text", ["x", 'quote " back\\slash', "line\nbreak\ttab\x00\x1f", "Hé ✓ 😀"])
+def test_a_delta_encoded_per_token_is_the_event_the_builder_makes(text):
+    encode_delta = events.delta_encoder(uuid.UUID(ID))
+
+    encoded = encode_delta(7, text)
+
+    assert encoded == events.encode(events.delta(message_id=ID, seq=7, text=text))
+    check_event(json.loads(encoded))
+
+
 @pytest.mark.parametrize(
     "event",
     [

@@ -76,6 +76,21 @@ def test_sse_garbage_is_a_protocol_error(body):
         SseParser().feed(body)
 
 
+@pytest.mark.parametrize("parser_class", [SseParser, NdjsonParser])
+def test_chunks_orjson_refuses_are_read_as_json_reads_them_and_made_utf8(parser_class):
+    # A lone surrogate escaped in the text, and a NaN where no one reads a number: json takes both.
+    text, extra = "a\\ud800b", '"logprob": NaN'
+    if parser_class is SseParser:
+        body = f'data: {{"choices": [{{"delta": {{"content": "{text}"}}, {extra}}}]}}\n\ndata: [DONE]\n\n'
+    else:
+        body = f'{{"message": {{"content": "{text}"}}, {extra}, "done": false}}\n{{"done": true}}\n'
+    events = feed_in_pieces(parser_class(), body.encode(), 10_000)
+
+    # The half of a surrogate pair is no text a websocket frame or a database row can hold.
+    assert events[0] == TextDelta("a\ufffdb")
+    assert type(events[-1]) is RawEnd
+
+
 def test_an_sse_error_chunk_is_reported():
     with pytest.raises(ServerReportedError, match="model overloaded"):
         SseParser().feed(b'data: {"error": {"message": "model overloaded"}}\n\n')
