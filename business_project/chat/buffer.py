@@ -214,10 +214,10 @@ FLUSH_INTERVAL_SECONDS = 0.005
 # TTL, ARGV[2] a JSON array with, per key, the entry id, its types, its data and whether to set the
 # lifetime. A pipeline of an XADD per message cost the process a command to pack and a reply to parse per
 # token under load (a fifth of its CPU in bench/chat_stream.py); four arguments per key still left
-# redis-py's packing of them a fifth of the process's CPU, where one JSON text is one C call. Each key's
-# outcome comes back on its own: 0, or the error of its XADD (an id not above the stream's last), which
-# fails that message only. (All keys of one flush in one script: a Redis Cluster would refuse it across
-# slots; the chat's Redis is one server.)
+# redis-py's packing of them a sixth of the process's CPU (under a profiler), where one JSON text is one C
+# call. Each key's outcome comes back on its own: 0, or the error of its XADD (an id not above the
+# stream's last), which fails that message only. (All keys of one flush in one script: a Redis Cluster
+# would refuse it across slots; the chat's Redis is one server.)
 APPEND_SCRIPT = """
 local entries = cjson.decode(ARGV[2])
 local outcomes = {}
