@@ -25,6 +25,13 @@ keep-alive connection per slot, as the ASGI process's pooled client does); a *we
 Rounds alternate direct, websocket, direct, websocket … after one warm-up pair, so both see the same
 machine; figures are medians over the measured rounds.
 
+Placement. The scripted provider and the load generators stand in for other machines. With two CPUs or
+more, the ASGI process runs on the first CPU alone and they share the rest, in both kinds of round
+(``--no-pin`` leaves every process to the scheduler). Left to the scheduler, a process woken by a
+loopback socket is put on the waker's CPU. The server then waited for the provider's burst of writes to
+end, and the clients for the server's, while the other CPU idled: the per-delta overhead measured this
+machine's scheduler as much as the server.
+
 The default stream is an answer of 256 tokens at 20 tokens/s (``--token-delay 50``): what one of 200
 concurrent streams gets from a served model (a GPU server shared by that many requests gives each 10-40
 tokens/s), so the process relays ~4,000 tokens/s and starts ~15 answers/s. The earlier default, 64
@@ -643,6 +650,12 @@ def parse_args() -> argparse.Namespace:
         default="deflate",
         help="permessage-deflate as browsers offer it, or none",
     )
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="leave every process to the scheduler (default: the server on one CPU, the harness on the rest)",
+    )
     parser.add_argument("--sqlite", action="store_true", help="use SQLite even when PostgreSQL answers")
     parser.add_argument(
         "--profile",
@@ -684,19 +697,28 @@ class Process:
     stdin: bool = False
     stdout_pipe: bool = False
     stop_timeout: float = STOP_TIMEOUT_SECONDS
+    cpus: frozenset[int] = frozenset()  # the CPUs it may run on (empty: wherever the scheduler puts it)
     process: subprocess.Popen | None = None
 
     def start(self) -> Process:
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            self.args,
-            cwd=REPO_DIR,
-            env=self.env,
-            stdin=subprocess.PIPE if self.stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE if self.stdout_pipe else log,
-            stderr=log,
-            start_new_session=True,
-        )
+        # A child inherits the affinity of the process that starts it, every thread it starts included.
+        before = os.sched_getaffinity(0)
+        if self.cpus:
+            os.sched_setaffinity(0, self.cpus)
+        try:
+            self.process = subprocess.Popen(
+                self.args,
+                cwd=REPO_DIR,
+                env=self.env,
+                stdin=subprocess.PIPE if self.stdin else subprocess.DEVNULL,
+                stdout=subprocess.PIPE if self.stdout_pipe else log,
+                stderr=log,
+                start_new_session=True,
+            )
+        finally:
+            if self.cpus:
+                os.sched_setaffinity(0, before)
         log.close()
         return self
 
@@ -883,6 +905,27 @@ class Bench:
     problems: list[str] = field(default_factory=list)
     ws_streams: list[dict] = field(default_factory=list)
     direct_streams: list[dict] = field(default_factory=list)
+    server_cpus: frozenset[int] = frozenset()
+    harness_cpus: frozenset[int] = frozenset()
+
+    def place(self) -> str:
+        """With two CPUs or more (and without ``--no-pin``): the ASGI process gets the first one to itself,
+        the scripted provider and the load generators share the others, in both kinds of round. They
+        stand in for other machines: left to the scheduler, a wake-up from a loopback socket puts the
+        woken process on the waker's CPU, so the server waited for the provider's burst of writes and the
+        clients for the server's, while the other CPU idled (``perf sched timehist``). That is this
+        machine's scheduling, not the server's work. PostgreSQL and Redis stay where the scheduler
+        puts them. Returns what was done, for the report."""
+        available = sorted(os.sched_getaffinity(0))
+        if not self.args.pin or len(available) < 2:
+            why = "--no-pin" if not self.args.pin else "one CPU"
+            return f"CPUs: not pinned ({why}): the scheduler places every process"
+        self.server_cpus = frozenset(available[:1])
+        self.harness_cpus = frozenset(available[1:])
+        return (
+            f"CPUs: the ASGI process on {sorted(self.server_cpus)}; the scripted provider and the load "
+            f"generators on {sorted(self.harness_cpus)} (both kinds of round; --no-pin: none pinned)"
+        )
 
     # --- set-up -------------------------------------------------------------------------------------
 
@@ -958,6 +1001,7 @@ class Bench:
             ],
             base_process_env(),
             self.var_dir / "llm.log",
+            cpus=self.harness_cpus,
         ).start()
         self.cleanup.callback(self.llm.stop)
         wait_for_http(f"{self.llm_url}/v1/models", timeout=START_TIMEOUT_SECONDS, process=self.llm.process)
@@ -973,7 +1017,9 @@ class Bench:
             command += ["--host", "127.0.0.1", "--port", str(self.asgi_port), "--lifespan", "off"]
             command += ["--ws-per-message-deflate", "false"]
         # The server holds the idle sockets, the stream sockets and its upstream connections.
-        self.asgi = Process("asgi", command, self.business_env(), self.var_dir / "asgi.log")
+        self.asgi = Process(
+            "asgi", command, self.business_env(), self.var_dir / "asgi.log", cpus=self.server_cpus
+        )
         if self.args.profile:
             self.asgi.stop_timeout = 300  # writing the statistics takes a while
         self.asgi.start()
@@ -1011,6 +1057,7 @@ class Bench:
                     self.var_dir / f"client-{index}.log",
                     stdin=True,
                     stdout_pipe=True,
+                    cpus=self.harness_cpus,
                 ).start()
             )
         self.clients = Clients(processes)
@@ -1149,6 +1196,7 @@ def main() -> int:
             f"Redis {REDIS_URL} (channel layer, event buffer, cache)"
         )
 
+        say(bench.place())
         started = time.monotonic()
         bench.start_llm()
         bench.manage("manage_business.py", "migrate", "--noinput", "-v0")
@@ -1398,6 +1446,7 @@ def summarise(args, bench: Bench, pairs, unloaded, idle, correct: bool, server: 
         "first_relay_added_p50_ms": med([diff(pair, "relay_p50") for pair in pairs]),
         "per_delta_overhead_p50_ms": per_delta,
         "per_delta_overhead_p95_ms": med([diff(pair, "latency_p95") for pair in pairs]),
+        "per_delta_overhead_p50_rounds_ms": [round(diff(pair, "latency_p50") or 0, 3) for pair in pairs],
         "per_delta_gap_added_p50_ms": med([pair["ws"]["gap_added_p50"] for pair in pairs]),
         "per_delta_gap_added_mean_ms": med([pair["ws"]["gap_added_mean"] for pair in pairs]),
         "unloaded_added_ttft_p50_ms": None if unloaded_added is None else round(unloaded_added, 2),
@@ -1425,6 +1474,7 @@ def summarise(args, bench: Bench, pairs, unloaded, idle, correct: bool, server: 
         "compression": args.compression,
         "database": bench.database.engine,
         "server": server,
+        "cpus": {"server": sorted(bench.server_cpus), "harness": sorted(bench.harness_cpus)},
         "loadavg": load_average(),
     }
 
