@@ -909,13 +909,10 @@ class Bench:
     harness_cpus: frozenset[int] = frozenset()
 
     def place(self) -> str:
-        """With two CPUs or more (and without ``--no-pin``): the ASGI process gets the first one to itself,
-        the scripted provider and the load generators share the others, in both kinds of round. They
-        stand in for other machines: left to the scheduler, a wake-up from a loopback socket puts the
-        woken process on the waker's CPU, so the server waited for the provider's burst of writes and the
-        clients for the server's, while the other CPU idled (``perf sched timehist``). That is this
-        machine's scheduling, not the server's work. PostgreSQL and Redis stay where the scheduler
-        puts them. Returns what was done, for the report."""
+        """The ASGI process gets the first CPU to itself; the scripted provider and the load generators
+        share the others, in both kinds of round ("Placement" in the module's docstring says why). Not
+        with ``--no-pin`` or a single CPU. PostgreSQL and Redis stay where the scheduler puts them.
+        Returns what was done, for the report."""
         available = sorted(os.sched_getaffinity(0))
         if not self.args.pin or len(available) < 2:
             why = "--no-pin" if not self.args.pin else "one CPU"
@@ -1446,7 +1443,9 @@ def summarise(args, bench: Bench, pairs, unloaded, idle, correct: bool, server: 
         "first_relay_added_p50_ms": med([diff(pair, "relay_p50") for pair in pairs]),
         "per_delta_overhead_p50_ms": per_delta,
         "per_delta_overhead_p95_ms": med([diff(pair, "latency_p95") for pair in pairs]),
-        "per_delta_overhead_p50_rounds_ms": [round(diff(pair, "latency_p50") or 0, 3) for pair in pairs],
+        "per_delta_overhead_p50_rounds_ms": [
+            None if (value := diff(pair, "latency_p50")) is None else round(value, 3) for pair in pairs
+        ],
         "per_delta_gap_added_p50_ms": med([pair["ws"]["gap_added_p50"] for pair in pairs]),
         "per_delta_gap_added_mean_ms": med([pair["ws"]["gap_added_mean"] for pair in pairs]),
         "unloaded_added_ttft_p50_ms": None if unloaded_added is None else round(unloaded_added, 2),
