@@ -28,9 +28,9 @@ machine; figures are medians over the measured rounds.
 Placement. The scripted provider and the load generators stand in for other machines. With two CPUs or
 more, the ASGI process runs on the first CPU alone and they share the rest, in both kinds of round
 (``--no-pin`` leaves every process to the scheduler). Left to the scheduler, a process woken by a
-loopback socket is put on the waker's CPU. The server then waited for the provider's burst of writes to
-end, and the clients for the server's, while the other CPU idled: the per-delta overhead measured this
-machine's scheduler as much as the server.
+loopback socket tends to be put on the waker's CPU. The server then waited for the provider's burst of
+writes to end, and the clients for the server's, while the other CPU mostly idled: the per-delta
+overhead measured this machine's scheduler as much as the server (docs/BENCHMARKS.md).
 
 The default stream is an answer of 256 tokens at 20 tokens/s (``--token-delay 50``): what one of 200
 concurrent streams gets from a served model (a GPU server shared by that many requests gives each 10-40
